@@ -1,0 +1,83 @@
+// Package memory is the in-memory backend: Watermill's GoChannel pub/sub
+// behind the [tiered.Backend] interface. It is for unit tests, examples and
+// trying the API; it keeps every message in memory for the life of the
+// process and loses them all when it ends.
+//
+// Each subscription receives every message of its topic, the way a consumer
+// group per handler does on a broker. The GoChannel is persistent: a
+// subscription made after a publish still receives that message, so tier
+// messages published before a router starts are not lost. A second
+// subscription to the same topic (a router restarted in the same process)
+// receives the topic's whole history again.
+package memory
+
+import (
+	"context"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// Backend is the in-memory backend.
+type Backend struct {
+	pubSub *gochannel.GoChannel
+	logger watermill.LoggerAdapter
+}
+
+// New returns an in-memory backend.
+func New(logger watermill.LoggerAdapter) *Backend {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &Backend{
+		pubSub: gochannel.NewGoChannel(gochannel.Config{Persistent: true}, logger),
+		logger: logger,
+	}
+}
+
+// Publisher returns the shared publisher.
+func (b *Backend) Publisher() message.Publisher { return publisher{b.pubSub} }
+
+// Subscriber returns a subscriber whose Close ends only its own
+// subscriptions.
+func (b *Backend) Subscriber(tiered.SubscribeParams) (message.Subscriber, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &subscriber{pubSub: b.pubSub, ctx: ctx, cancel: cancel}, nil
+}
+
+// Prepare does nothing: topics need no creation in memory.
+func (b *Backend) Prepare(context.Context, tiered.Topics) error { return nil }
+
+// Close closes the GoChannel and every subscription on it.
+func (b *Backend) Close() error { return b.pubSub.Close() }
+
+// publisher keeps callers from closing the shared GoChannel.
+type publisher struct{ pubSub *gochannel.GoChannel }
+
+func (p publisher) Publish(topic string, msgs ...*message.Message) error {
+	return p.pubSub.Publish(topic, msgs...)
+}
+
+func (publisher) Close() error { return nil }
+
+type subscriber struct {
+	pubSub *gochannel.GoChannel
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(s.ctx, cancel)
+	return s.pubSub.Subscribe(ctx, topic)
+}
+
+func (s *subscriber) Close() error {
+	s.once.Do(s.cancel)
+	return nil
+}

@@ -1,0 +1,39 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/retry-kafka/retry-kafka/pubsub/memory"
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// ErrUnknownScheme is returned by [Open] for a URL whose scheme names no
+// backend.
+var ErrUnknownScheme = errors.New("unknown backend scheme")
+
+// Open opens the backend that rawURL names (see the package doc). The
+// caller closes it.
+func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (tiered.Backend, error) {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	if strings.TrimSpace(rawURL) == "" {
+		return nil, errors.New("empty backend URL: use mem://, kafka://host:9092 or redis://host:6379/0")
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("backend URL %q: %w", rawURL, err)
+	}
+	switch u.Scheme {
+	case "mem", "memory":
+		return memory.New(logger), nil
+	default:
+		return nil, fmt.Errorf("%w %q in %q: use mem://, kafka://host:9092 or redis://host:6379/0", ErrUnknownScheme, u.Scheme, rawURL)
+	}
+}

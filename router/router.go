@@ -1,0 +1,225 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/retry-kafka/retry-kafka/middleware"
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// prepareTimeout bounds the topic preparation of one handler.
+const prepareTimeout = 30 * time.Second
+
+// Config configures a [Retrier].
+type Config struct {
+	// Backend gives the subscriptions and the publisher of tier and
+	// dead-letter copies (see the pubsub package).
+	//
+	// Required.
+	Backend tiered.Backend
+
+	// Policy is the retry policy of every handler added.
+	//
+	// Required.
+	Policy tiered.Policy
+
+	// TopicName names the tier and dead-letter topics.
+	//
+	// Optional. Defaults to [tiered.DefaultTopicName]:
+	// "{topic}.{handler}.retry.{delay}" and "{topic}.{handler}.dlq".
+	TopicName tiered.TopicNamer
+}
+
+// Validate reports every problem with the config without changing it.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Backend == nil {
+		errs = append(errs, errors.New("Backend is nil"))
+	}
+	if err := c.Policy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Retrier adds handlers with tiered retries to Watermill routers.
+type Retrier struct {
+	config Config
+	logger watermill.LoggerAdapter
+}
+
+// New checks config and returns a Retrier.
+func New(config Config, logger watermill.LoggerAdapter) (*Retrier, error) {
+	if err := config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	config.Policy = config.Policy.WithDefaults()
+	return &Retrier{config: config, logger: logger}, nil
+}
+
+// Handler is what one Add call put on the router.
+type Handler struct {
+	// Main is the handler on the handler's own topic.
+	Main *message.Handler
+	// Tiers holds one handler per tier topic, in tier order.
+	Tiers []*message.Handler
+	// Topics names the handler's topics.
+	Topics tiered.Topics
+}
+
+// AddHandler adds a handler that consumes topic, like
+// [message.Router.AddHandler], with tiered retries. Messages h returns are
+// published to publishTopic with publisher, from the main attempt and from
+// every tier. The handler's tier subscriptions are named "{name}.retry.{delay}".
+//
+// It prepares the handler's topics on the backend (creating tier and
+// dead-letter topics where needed, waiting at most 30 seconds), and returns
+// an error, never a panic, for a bad name or a taken handler name. If the
+// router already runs, call its RunHandlers afterwards.
+func (w *Retrier) AddHandler(r *message.Router, name, topic, publishTopic string, publisher message.Publisher, h message.HandlerFunc) (*Handler, error) {
+	if h == nil {
+		return nil, errors.New("nil handler function")
+	}
+	return w.add(r, nil, name, topic, func(handlerName, subTopic string, sub message.Subscriber) *message.Handler {
+		return r.AddHandler(handlerName, subTopic, sub, publishTopic, publisher, h)
+	})
+}
+
+// AddConsumerHandler adds a handler that consumes topic and returns no
+// messages, like [message.Router.AddConsumerHandler], with tiered retries.
+// See [Retrier.AddHandler].
+func (w *Retrier) AddConsumerHandler(r *message.Router, name, topic string, h message.NoPublishHandlerFunc) (*Handler, error) {
+	if h == nil {
+		return nil, errors.New("nil handler function")
+	}
+	return w.add(r, nil, name, topic, func(handlerName, subTopic string, sub message.Subscriber) *message.Handler {
+		return r.AddConsumerHandler(handlerName, subTopic, sub, h)
+	})
+}
+
+// Attach gives tiered retries to a handler that something else added to
+// the router, such as a Watermill CQRS event or command processor:
+//
+//	h, err := eventProcessor.AddHandler(handler)
+//	...
+//	_, err = retrying.Attach(r, h, handlerName, topic)
+//
+// name is the handler's name on the router and topic the topic it
+// consumes. Attach adds the retry middleware to h and one tier handler per
+// tier running the same handler function. The tier handlers publish
+// nothing: attach to handlers that return no messages.
+func (w *Retrier) Attach(r *message.Router, h *message.Handler, name, topic string) (*Handler, error) {
+	if h == nil {
+		return nil, errors.New("nil *message.Handler")
+	}
+	if r == nil {
+		return nil, errors.New("nil router")
+	}
+	fn, ok := r.Handlers()[name]
+	if !ok {
+		return nil, fmt.Errorf("the router has no handler named %q", name)
+	}
+	return w.add(r, h, name, topic, func(handlerName, subTopic string, sub message.Subscriber) *message.Handler {
+		return r.AddConsumerHandler(handlerName, subTopic, sub, func(msg *message.Message) error {
+			_, err := fn(msg)
+			return err
+		})
+	})
+}
+
+// add wires the main handler (unless main is given) and the tier handlers.
+func (w *Retrier) add(
+	r *message.Router,
+	main *message.Handler,
+	name, topic string,
+	addOne func(handlerName, topic string, sub message.Subscriber) *message.Handler,
+) (*Handler, error) {
+	if r == nil {
+		return nil, errors.New("nil router")
+	}
+	retry, err := middleware.NewRetry(middleware.Config{
+		Publisher: w.config.Backend.Publisher(),
+		Policy:    w.config.Policy,
+		Topic:     topic,
+		Handler:   name,
+		TopicName: w.config.TopicName,
+	}, w.logger)
+	if err != nil {
+		return nil, fmt.Errorf("handler %q: %w", name, err)
+	}
+	topics := retry.Topics()
+
+	names := make([]string, len(topics.Tiers))
+	existing := r.Handlers()
+	if _, taken := existing[name]; taken && main == nil {
+		return nil, fmt.Errorf("the router already has a handler named %q", name)
+	}
+	for i, d := range topics.Delays {
+		names[i] = name + ".retry." + tiered.FormatDelay(d)
+		if _, taken := existing[names[i]]; taken {
+			return nil, fmt.Errorf("the router already has a handler named %q", names[i])
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
+	defer cancel()
+	if err := w.config.Backend.Prepare(ctx, topics); err != nil {
+		return nil, fmt.Errorf("handler %q: prepare topics: %w", name, err)
+	}
+
+	// Make every subscriber before touching the router, so that a failure
+	// leaves the router as it was.
+	var subs []message.Subscriber
+	closeAll := func() {
+		for _, s := range subs {
+			_ = s.Close()
+		}
+	}
+	var mainSub message.Subscriber
+	if main == nil {
+		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: name, Topic: topic})
+		if err != nil {
+			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, topic, err)
+		}
+		subs = append(subs, mainSub)
+	}
+	tierSubs := make([]message.Subscriber, len(topics.Tiers))
+	for i, tierTopic := range topics.Tiers {
+		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: names[i], Topic: tierTopic, Delay: topics.Delays[i]})
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, tierTopic, err)
+		}
+		subs = append(subs, sub)
+		held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: topics.Delays[i]}, w.logger)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("handler %q: %w", name, err)
+		}
+		tierSubs[i] = held
+	}
+
+	out := &Handler{Main: main, Topics: topics}
+	if main == nil {
+		out.Main = addOne(name, topic, mainSub)
+	}
+	out.Main.AddMiddleware(retry.Middleware)
+	for i, tierTopic := range topics.Tiers {
+		th := addOne(names[i], tierTopic, tierSubs[i])
+		th.AddMiddleware(retry.Middleware)
+		out.Tiers = append(out.Tiers, th)
+	}
+	w.logger.Debug("Added handler with tiered retries", watermill.LogFields{
+		"handler_name": name, "topic": topic, "tiers": len(topics.Tiers), "dlq": topics.DLQ,
+	})
+	return out, nil
+}

@@ -1,0 +1,46 @@
+package tiered
+
+import (
+	"errors"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Sentinel errors. Compare with [errors.Is].
+var (
+	// ErrInvalidPolicy is wrapped by every error of [Policy.Validate].
+	ErrInvalidPolicy = errors.New("invalid retry policy")
+	// ErrInvalidTopicName is wrapped by errors about a topic name that a
+	// backend cannot use.
+	ErrInvalidTopicName = errors.New("invalid topic name")
+	// ErrInvalidMetadata is wrapped by errors about retry metadata that
+	// cannot be parsed.
+	ErrInvalidMetadata = errors.New("invalid retry metadata")
+)
+
+// permanentError marks an error that must not be retried.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as permanent: a handler that returns it (directly or
+// wrapped) sends the message straight to the dead-letter topic, whatever
+// attempts are left. Permanent(nil) returns nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err, or any error it wraps, was marked with
+// [Permanent] or with backoff.Permanent from github.com/cenkalti/backoff/v4.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	if errors.As(err, &p) {
+		return true
+	}
+	var bp *backoff.PermanentError
+	return errors.As(err, &bp)
+}

@@ -1,0 +1,208 @@
+package tiered
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill/components/delay"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+)
+
+// Metadata keys written by retry-kafka. Read and write them through [Info],
+// [DueAt] and the backends' helpers rather than by hand.
+//
+// Retry keys are only trusted on tier topics, which this library writes; on
+// a handler's own topic they are ignored and replaced at the first failure.
+// Times are Unix milliseconds in decimal.
+const (
+	// KeyAttempt is the number of attempts that failed so far (1 after the
+	// first failure).
+	KeyAttempt = "retry_attempt"
+	// KeyOriginalTopic is the handler's own topic, where the message
+	// was first consumed.
+	KeyOriginalTopic = "retry_original_topic"
+	// KeyHandler is the name of the handler that failed.
+	KeyHandler = "retry_handler"
+	// KeyFirstFailure is the time of the first failure.
+	KeyFirstFailure = "retry_first_failure_ms"
+	// KeyLastFailure is the time of the latest failure.
+	KeyLastFailure = "retry_last_failure_ms"
+	// KeyDueAt is the earliest time the message may reach the handler
+	// again. Written by [Publisher], honoured by [Subscriber].
+	KeyDueAt = "retry_due_at_ms"
+	// KeyTier is the 1-based tier the message is in; 0 on the dead-letter
+	// topic.
+	KeyTier = "retry_tier"
+	// KeyLastError is the text of the latest error, at most
+	// [MaxErrorBytes] bytes, replaced (not appended) at each hop.
+	KeyLastError = "retry_last_error"
+
+	// KeyKafkaPartition is the partition the message was first consumed
+	// from (Kafka only).
+	KeyKafkaPartition = "retry_kafka_partition"
+	// KeyKafkaOffset is the offset the message was first consumed at
+	// (Kafka only).
+	KeyKafkaOffset = "retry_kafka_offset"
+	// KeyKafkaTimestamp is the original record's timestamp (Kafka only).
+	KeyKafkaTimestamp = "retry_kafka_timestamp_ms"
+	// KeyKafkaKey is the original record key, raw bytes (Kafka only). Tier
+	// and dead-letter records are written with this key.
+	KeyKafkaKey = "retry_kafka_key"
+
+	// Dead-letter messages also carry Watermill's poison keys
+	// (middleware.ReasonForPoisonedKey, PoisonedTopicKey,
+	// PoisonedHandlerKey, PoisonedSubscriberKey), so Watermill's tooling
+	// reads them, and tier messages Watermill's delay keys
+	// (delay.DelayedUntilKey, delay.DelayedForKey).
+)
+
+// retryKeys are the keys that [ClearInfo] removes.
+var retryKeys = [...]string{
+	KeyAttempt, KeyOriginalTopic, KeyHandler, KeyFirstFailure, KeyLastFailure, KeyDueAt, KeyTier, KeyLastError,
+	delay.DelayedUntilKey, delay.DelayedForKey,
+	middleware.ReasonForPoisonedKey, middleware.PoisonedTopicKey, middleware.PoisonedHandlerKey, middleware.PoisonedSubscriberKey,
+}
+
+// MaxErrorBytes bounds the error text kept in [KeyLastError] and in the
+// poison reason.
+const MaxErrorBytes = 1024
+
+// Info is the retry state a message carries between attempts.
+type Info struct {
+	// Attempt is the number of attempts that failed so far.
+	Attempt int
+	// OriginalTopic is the handler's own topic.
+	OriginalTopic string
+	// Handler is the name of the handler that failed.
+	Handler string
+	// FirstFailure and LastFailure are the times of the first and the
+	// latest failure (millisecond precision).
+	FirstFailure, LastFailure time.Time
+	// Tier is the 1-based tier the message is in; 0 on the dead-letter
+	// topic.
+	Tier int
+	// LastError is the latest error's text, bounded by [MaxErrorBytes].
+	LastError string
+}
+
+// ReadInfo parses the retry metadata of a message consumed from a tier
+// topic. Missing or malformed keys give an error wrapping
+// [ErrInvalidMetadata] that names the key and its value.
+func ReadInfo(md message.Metadata) (Info, error) {
+	var info Info
+	var err error
+	if info.Attempt, err = intKey(md, KeyAttempt); err != nil {
+		return Info{}, err
+	}
+	if info.Attempt < 1 {
+		return Info{}, fmt.Errorf("%w: %s is %d, must be at least 1", ErrInvalidMetadata, KeyAttempt, info.Attempt)
+	}
+	if info.Tier, err = intKey(md, KeyTier); err != nil {
+		return Info{}, err
+	}
+	if info.FirstFailure, err = timeKey(md, KeyFirstFailure); err != nil {
+		return Info{}, err
+	}
+	if info.LastFailure, err = timeKey(md, KeyLastFailure); err != nil {
+		return Info{}, err
+	}
+	if info.OriginalTopic = md.Get(KeyOriginalTopic); info.OriginalTopic == "" {
+		return Info{}, fmt.Errorf("%w: %s is missing", ErrInvalidMetadata, KeyOriginalTopic)
+	}
+	if info.Handler = md.Get(KeyHandler); info.Handler == "" {
+		return Info{}, fmt.Errorf("%w: %s is missing", ErrInvalidMetadata, KeyHandler)
+	}
+	info.LastError = md.Get(KeyLastError)
+	return info, nil
+}
+
+// Write sets the retry keys of md from i. LastError is cut to
+// [MaxErrorBytes].
+func (i Info) Write(md message.Metadata) {
+	md.Set(KeyAttempt, strconv.Itoa(i.Attempt))
+	md.Set(KeyOriginalTopic, i.OriginalTopic)
+	md.Set(KeyHandler, i.Handler)
+	md.Set(KeyFirstFailure, formatMillis(i.FirstFailure))
+	md.Set(KeyLastFailure, formatMillis(i.LastFailure))
+	md.Set(KeyTier, strconv.Itoa(i.Tier))
+	md.Set(KeyLastError, Truncate(i.LastError, MaxErrorBytes))
+}
+
+// ClearInfo removes every retry, delay and poison key from md. Messages
+// consumed from a handler's own topic are cleared before their first hop,
+// so that forged or stale metadata never steers a retry.
+func ClearInfo(md message.Metadata) {
+	for _, k := range retryKeys {
+		delete(md, k)
+	}
+}
+
+// DueAt returns the due time a message carries: [KeyDueAt], else
+// Watermill's delay.DelayedUntilKey. ok is false when it carries neither; a
+// malformed value gives an error wrapping [ErrInvalidMetadata].
+func DueAt(md message.Metadata) (due time.Time, ok bool, err error) {
+	if _, present := md[KeyDueAt]; present {
+		due, err := timeKey(md, KeyDueAt)
+		return due, err == nil, err
+	}
+	if v, present := md[delay.DelayedUntilKey]; present {
+		due, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return time.Time{}, false, fmt.Errorf("%w: %s is %q, not an RFC 3339 time", ErrInvalidMetadata, delay.DelayedUntilKey, clip(v))
+		}
+		return due, true, nil
+	}
+	return time.Time{}, false, nil
+}
+
+// Truncate cuts s to at most n bytes on a UTF-8 boundary, ending it with
+// "…" when it was cut.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	cut := max(n-len(ellipsis), 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}
+
+func intKey(md message.Metadata, key string) (int, error) {
+	v, ok := md[key]
+	if !ok {
+		return 0, fmt.Errorf("%w: %s is missing", ErrInvalidMetadata, key)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s is %q, not an integer", ErrInvalidMetadata, key, clip(v))
+	}
+	return n, nil
+}
+
+func timeKey(md message.Metadata, key string) (time.Time, error) {
+	v, ok := md[key]
+	if !ok {
+		return time.Time{}, fmt.Errorf("%w: %s is missing", ErrInvalidMetadata, key)
+	}
+	ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: %s is %q, not Unix milliseconds", ErrInvalidMetadata, key, clip(v))
+	}
+	return time.UnixMilli(ms), nil
+}
+
+func formatMillis(t time.Time) string {
+	if t.IsZero() {
+		return "0"
+	}
+	return strconv.FormatInt(t.UnixMilli(), 10)
+}
+
+// clip bounds a value quoted in an error message.
+func clip(v string) string { return Truncate(v, 64) }

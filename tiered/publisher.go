@@ -1,0 +1,73 @@
+package tiered
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Publisher is the delayed publisher: a [message.Publisher] decorator that
+// turns a requested delay into a due time at the moment of publishing.
+//
+// A message asks for a delay with Watermill's own helper,
+// delay.Message(msg, delay.For(d)), which sets delay.DelayedForKey.
+// Publisher stamps [KeyDueAt] (milliseconds) and delay.DelayedUntilKey with
+// now + d, so the delay counts from the publish, not from when the message
+// was built. [Subscriber] holds the message until then. Messages without a
+// delay pass through untouched.
+//
+// Publish returns only after the wrapped publisher returned, so it is as
+// synchronous (broker-confirmed) as that publisher.
+type Publisher struct {
+	pub    message.Publisher
+	logger watermill.LoggerAdapter
+}
+
+// NewPublisher wraps pub.
+func NewPublisher(pub message.Publisher, logger watermill.LoggerAdapter) (*Publisher, error) {
+	if pub == nil {
+		return nil, errors.New("invalid config: nil publisher")
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &Publisher{pub: pub, logger: logger}, nil
+}
+
+// PublisherDecorator returns a [message.PublisherDecorator] that wraps
+// publishers with [NewPublisher].
+func PublisherDecorator(logger watermill.LoggerAdapter) message.PublisherDecorator {
+	return func(pub message.Publisher) (message.Publisher, error) {
+		return NewPublisher(pub, logger)
+	}
+}
+
+// Publish stamps due times on the messages that ask for a delay, then
+// publishes all of them to topic. A delay that does not parse (or is
+// negative) is an error wrapping [ErrInvalidMetadata], and nothing is
+// published.
+func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
+	now := time.Now()
+	for _, msg := range msgs {
+		v, ok := msg.Metadata[delay.DelayedForKey]
+		if !ok {
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("message %s: %w: %s is %q, not a non-negative Go duration", msg.UUID, ErrInvalidMetadata, delay.DelayedForKey, clip(v))
+		}
+		due := now.Add(d)
+		msg.Metadata.Set(KeyDueAt, formatMillis(due))
+		msg.Metadata.Set(delay.DelayedUntilKey, due.UTC().Format(time.RFC3339))
+		p.logger.Trace("Stamped due time", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": d})
+	}
+	return p.pub.Publish(topic, msgs...)
+}
+
+// Close closes the wrapped publisher.
+func (p *Publisher) Close() error { return p.pub.Close() }

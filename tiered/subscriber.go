@@ -1,0 +1,177 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// SubscriberConfig configures a [Subscriber].
+type SubscriberConfig struct {
+	// MaxDelay bounds every hold: a message is held until its due time, but
+	// never longer than MaxDelay after it was received, so a forged or
+	// corrupt due time cannot stall a tier. Set it to the tier's delay.
+	//
+	// Required. Must be positive.
+	MaxDelay time.Duration
+}
+
+// Validate reports a problem with the config without changing it.
+func (c SubscriberConfig) Validate() error {
+	if c.MaxDelay <= 0 {
+		return fmt.Errorf("MaxDelay is %v, must be positive", c.MaxDelay)
+	}
+	return nil
+}
+
+// Subscriber is the holding subscriber: a [message.Subscriber] decorator
+// that hands on each message no earlier than its due time ([DueAt]).
+//
+// It holds one message at a time per subscription, which is all a tier
+// needs: every message of a tier waits the same delay, so the head is
+// always the first one due. The wait ends at once when the message's
+// context, the subscription's context or the subscriber ends; the held
+// message is then Nacked, so the wrapped subscriber delivers it again
+// (later, or to another consumer) and nothing is lost.
+//
+// A message without a due time, or with one that does not parse, is handed
+// on at once; the retry middleware sends the latter to the dead-letter
+// topic with the reason.
+type Subscriber struct {
+	sub    message.Subscriber
+	config SubscriberConfig
+	logger watermill.LoggerAdapter
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// NewSubscriber wraps sub.
+func NewSubscriber(sub message.Subscriber, config SubscriberConfig, logger watermill.LoggerAdapter) (*Subscriber, error) {
+	if sub == nil {
+		return nil, errors.New("invalid config: nil subscriber")
+	}
+	if err := config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &Subscriber{sub: sub, config: config, logger: logger, closing: make(chan struct{})}, nil
+}
+
+// SubscriberDecorator returns a [message.SubscriberDecorator] that wraps
+// subscribers with [NewSubscriber].
+func SubscriberDecorator(config SubscriberConfig, logger watermill.LoggerAdapter) message.SubscriberDecorator {
+	return func(sub message.Subscriber) (message.Subscriber, error) {
+		return NewSubscriber(sub, config, logger)
+	}
+}
+
+// Subscribe subscribes to topic on the wrapped subscriber and returns a
+// channel that yields each message once it is due. The channel is closed
+// when the wrapped channel closes, when ctx ends or when the subscriber is
+// closed.
+func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	select {
+	case <-s.closing:
+		return nil, errors.New("subscriber closed")
+	default:
+	}
+	in, err := s.sub.Subscribe(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		for msg := range in {
+			if !s.hold(ctx, topic, msg) {
+				msg.Nack()
+				continue
+			}
+			select {
+			case out <- msg:
+			case <-msg.Context().Done():
+				msg.Nack()
+			case <-ctx.Done():
+				msg.Nack()
+			case <-s.closing:
+				msg.Nack()
+			}
+		}
+	}()
+	return out, nil
+}
+
+// hold waits until msg is due. It returns false when the wait was cut
+// short.
+func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Message) bool {
+	due, ok, err := DueAt(msg.Metadata)
+	if err != nil {
+		s.logger.Info("Message has a malformed due time, handing it on at once", watermill.LogFields{
+			"topic": topic, "message_uuid": msg.UUID, "err": err.Error(),
+		})
+		return true
+	}
+	if !ok {
+		return true
+	}
+	now := time.Now()
+	if limit := now.Add(s.config.MaxDelay); due.After(limit) {
+		s.logger.Info("Message is due later than its tier's delay allows, holding it for the delay only", watermill.LogFields{
+			"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String(), "max_delay": s.config.MaxDelay.String(),
+		})
+		due = limit
+	}
+	wait := due.Sub(now)
+	if wait <= 0 {
+		return true
+	}
+	s.logger.Trace("Holding message until due", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": wait.String()})
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		// Timers may fire a hair before the wall clock reaches due on
+		// some platforms; never hand on early.
+		for d := time.Until(due); d > 0; d = time.Until(due) {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-msg.Context().Done():
+				return false
+			case <-ctx.Done():
+				return false
+			case <-s.closing:
+				return false
+			}
+		}
+		return true
+	case <-msg.Context().Done():
+	case <-ctx.Done():
+	case <-s.closing:
+	}
+	s.logger.Debug("Stopped holding message: its context or the subscription ended", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID})
+	return false
+}
+
+// Close stops every hold, closes the wrapped subscriber and waits until
+// every subscription's channel is closed. It is safe to call more than once.
+func (s *Subscriber) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		err = s.sub.Close()
+		s.wg.Wait()
+	})
+	return err
+}
