@@ -46,4 +46,10 @@ type SubscribeParams struct {
 	// Backends use it to keep a held message from being redelivered to
 	// another consumer while it waits.
 	Delay time.Duration
+
+	// DLQ is the handler's dead-letter topic. A backend sends there, with
+	// the reason, what it reads from Topic but cannot decode into a
+	// message, rather than stopping the subscription. Empty outside a
+	// handler (the entry is then acked and logged).
+	DLQ string
 }
