@@ -32,9 +32,11 @@ func (c SubscriberConfig) Validate() error {
 // Subscriber is the holding subscriber: a [message.Subscriber] decorator
 // that hands on each message no earlier than its due time ([DueAt]).
 //
-// It holds one message at a time per subscription, which is all a tier
-// needs: every message of a tier waits the same delay, so the head is
-// always the first one due. The wait ends at once when the message's
+// It holds each message it receives until due. Brokers hand a consumer the
+// next message of a partition (or stream) only after the previous one was
+// acked, and every message of a tier waits the same delay, so there is one
+// hold per partition, always of the partition's first message due; memory
+// stays bounded by the number of partitions. The wait ends at once when the message's
 // context, the subscription's context or the subscriber ends; the held
 // message is then Nacked, so the wrapped subscriber delivers it again
 // (later, or to another consumer) and nothing is lost.
@@ -92,24 +94,40 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		// Each message is held on its own goroutine: a partitioned broker
+		// delivers the next message of a partition only after the previous
+		// one was acked, so there is at most one hold per partition, and a
+		// head held on one partition never delays the head of another.
+		var holds sync.WaitGroup
 		defer close(out)
+		defer holds.Wait()
 		for msg := range in {
-			if !s.hold(ctx, topic, msg) {
-				msg.Nack()
-				continue
-			}
-			select {
-			case out <- msg:
-			case <-msg.Context().Done():
-				msg.Nack()
-			case <-ctx.Done():
-				msg.Nack()
-			case <-s.closing:
-				msg.Nack()
-			}
+			holds.Add(1)
+			go func() {
+				defer holds.Done()
+				s.forward(ctx, topic, msg, out)
+			}()
 		}
 	}()
 	return out, nil
+}
+
+// forward holds msg until due, then sends it on out. A message whose wait
+// was cut short is Nacked.
+func (s *Subscriber) forward(ctx context.Context, topic string, msg *message.Message, out chan<- *message.Message) {
+	if !s.hold(ctx, topic, msg) {
+		msg.Nack()
+		return
+	}
+	select {
+	case out <- msg:
+	case <-msg.Context().Done():
+		msg.Nack()
+	case <-ctx.Done():
+		msg.Nack()
+	case <-s.closing:
+		msg.Nack()
+	}
 }
 
 // hold waits until msg is due. It returns false when the wait was cut
