@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
 	"github.com/retry-kafka/retry-kafka/pubsub/memory"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -26,14 +26,20 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (t
 	if strings.TrimSpace(rawURL) == "" {
 		return nil, errors.New("empty backend URL: use mem://, kafka://host:9092 or redis://host:6379/0")
 	}
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("backend URL %q: %w", rawURL, err)
+	scheme, _, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return nil, fmt.Errorf("backend URL %q has no scheme: use mem://, kafka://host:9092 or redis://host:6379/0", rawURL)
 	}
-	switch u.Scheme {
+	switch scheme {
 	case "mem", "memory":
 		return memory.New(logger), nil
+	case "kafka":
+		b, err := kafka.Open(ctx, rawURL, logger)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
 	default:
-		return nil, fmt.Errorf("%w %q in %q: use mem://, kafka://host:9092 or redis://host:6379/0", ErrUnknownScheme, u.Scheme, rawURL)
+		return nil, fmt.Errorf("%w %q in %q: use mem://, kafka://host:9092 or redis://host:6379/0", ErrUnknownScheme, scheme, rawURL)
 	}
 }
