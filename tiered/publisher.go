@@ -61,7 +61,12 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if err != nil || d < 0 {
 			return fmt.Errorf("message %s: %w: %s is %q, not a non-negative Go duration", msg.UUID, ErrInvalidMetadata, delay.DelayedForKey, clip(v))
 		}
-		due := now.Add(d)
+		// Round up to the millisecond written, so that the due time read
+		// back is never earlier than now + d.
+		due := now.Add(d).Truncate(time.Millisecond)
+		if due.Before(now.Add(d)) {
+			due = due.Add(time.Millisecond)
+		}
 		msg.Metadata.Set(KeyDueAt, formatMillis(due))
 		msg.Metadata.Set(delay.DelayedUntilKey, due.UTC().Format(time.RFC3339))
 		p.logger.Trace("Stamped due time", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": d})

@@ -34,12 +34,14 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 	return rec, nil
 }
 
-// unmarshaler reads records as watermill-kafka's DefaultMarshaler does. On
-// a handler's main topic it records where the message came from, replacing
-// whatever the headers claimed; on tier topics the origin recorded at the
-// main topic is kept.
+// unmarshaler reads records as watermill-kafka's DefaultMarshaler does and
+// records where a message came from. On a handler's main topic (one that
+// went through Prepare) the origin replaces whatever the headers claimed;
+// elsewhere (a dead-letter reader, say) an origin already recorded is kept.
+// Tier subscriptions keep the origin recorded at the main topic.
 type unmarshaler struct {
-	main bool
+	stamp   bool // record the origin
+	replace bool // even when the headers carry one
 }
 
 // originKeys are the metadata keys that record the original record.
@@ -47,8 +49,11 @@ var originKeys = [...]string{tiered.KeyKafkaPartition, tiered.KeyKafkaOffset, ti
 
 func (u unmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
 	msg, err := wkafka.DefaultMarshaler{}.Unmarshal(rec)
-	if err != nil || !u.main {
+	if err != nil || !u.stamp {
 		return msg, err
+	}
+	if _, has := msg.Metadata[tiered.KeyKafkaPartition]; has && !u.replace {
+		return msg, nil
 	}
 	for _, k := range originKeys {
 		delete(msg.Metadata, k)

@@ -125,7 +125,7 @@ func (h *claimHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 // reports false when the session ended first (the offset stays unmarked,
 // so the record is delivered again after the rebalance).
 func (h *claimHandler) deliver(sess sarama.ConsumerGroupSession, rec *sarama.ConsumerMessage) bool {
-	msg, err := unmarshaler{}.Unmarshal(rec)
+	msg, err := unmarshaler{}.Unmarshal(rec) // keeps the origin recorded at the main topic
 	if err != nil {
 		// The default unmarshaler never fails; if a future one does, stop
 		// this claim rather than skip the record.
