@@ -68,6 +68,11 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 		fmt.Printf("%6.2fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
 
+	// The demo uses a fresh topic per run, so let it create that topic on a
+	// real cluster.
+	if strings.HasPrefix(brokerURL, "kafka://") && !strings.Contains(brokerURL, "?") && brokerURL != "kafka://embedded" {
+		brokerURL += "?create_topics=true"
+	}
 	backend, err := pubsub.Open(ctx, brokerURL, logger)
 	if err != nil {
 		return err
