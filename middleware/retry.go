@@ -134,6 +134,7 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			}
 		}
 
+		consumed := msg.Context()
 		produced, err := call(h, msg)
 		if err == nil {
 			return produced, nil
@@ -143,6 +144,15 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			if err == nil {
 				return produced, nil
 			}
+		}
+		if errors.Is(consumed.Err(), context.Canceled) {
+			// The subscriber gave the message up while it was handled (a
+			// Kafka rebalance ended the session, the subscription closed):
+			// the attempt was interrupted, not failed. Nack it; whoever
+			// consumes it next tries again without losing an attempt.
+			// (A deadline, such as Watermill's Timeout middleware sets, is
+			// a failure like any other and goes to the next tier.)
+			return nil, fmt.Errorf("attempt interrupted, the message's context was cancelled: %w", err)
 		}
 
 		attempt := info.Attempt + 1
