@@ -1,0 +1,48 @@
+package kafka_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
+)
+
+func TestParseURL(t *testing.T) {
+	c, err := kafka.ParseURL("kafka://h1:9092,h2:9093?group_prefix=app.&create_topics=true&partitions=3&replication_factor=2")
+	require.NoError(t, err)
+	require.Equal(t, []string{"h1:9092", "h2:9093"}, c.Brokers)
+	require.Equal(t, "app.", c.ConsumerGroupPrefix)
+	require.True(t, c.CreateTopics)
+	require.Equal(t, int32(3), c.MainTopicPartitions)
+	require.Equal(t, int16(2), c.ReplicationFactor)
+
+	for url, want := range map[string]string{
+		"redis://h:6379":                      "must start with kafka://",
+		"kafka://":                            "names no broker",
+		"kafka://h:9092?partitions=0":         "partitions",
+		"kafka://h:9092?create_topics=yes!":   "create_topics",
+		"kafka://h:9092?replication_factor=0": "replication_factor",
+		"kafka://h:9092?colour=blue":          `unknown parameter "colour"`,
+	} {
+		_, err := kafka.ParseURL(url)
+		require.ErrorContains(t, err, want, url)
+	}
+}
+
+func TestNew_invalidConfig(t *testing.T) {
+	for name, tc := range map[string]struct {
+		config kafka.Config
+		want   string
+	}{
+		"no brokers":      {kafka.Config{}, "Brokers is empty"},
+		"blank broker":    {kafka.Config{Brokers: []string{" "}}, "Brokers[0] is empty"},
+		"bad replication": {kafka.Config{Brokers: []string{"h:1"}, ReplicationFactor: -2}, "ReplicationFactor"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := kafka.New(tc.config, nil)
+			require.ErrorContains(t, err, "invalid config")
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
