@@ -123,13 +123,19 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if onTier {
 			var err error
 			info, err = tiered.ReadInfo(msg.Metadata)
+			if err == nil {
+				// The holding subscriber hands on a malformed due time at
+				// once and relies on this check to dead-letter it.
+				_, _, err = tiered.DueAt(msg.Metadata)
+			}
 			if err == nil && (info.OriginalTopic != r.topics.Main || info.Handler != r.topics.Handler) {
 				err = fmt.Errorf("%w: message belongs to handler %q on topic %q, not %q on %q",
 					tiered.ErrInvalidMetadata, info.Handler, info.OriginalTopic, r.topics.Handler, r.topics.Main)
 			}
 			if err != nil {
 				reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", consumedFrom, err)
-				info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler}
+				now := time.Now()
+				info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
 				return nil, r.deadLetter(msg, info, reason)
 			}
 		}
@@ -140,7 +146,7 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			return produced, nil
 		}
 		if !onTier && r.policy.Quick.Attempts > 0 {
-			produced, err = r.quick(h, msg, err)
+			produced, err = r.quick(h, msg, consumed, err)
 			if err == nil {
 				return produced, nil
 			}
@@ -195,8 +201,9 @@ func call(h message.HandlerFunc, msg *message.Message) (produced []*message.Mess
 }
 
 // quick runs the in-process attempts. It stops early on a permanent
-// error, on a classifier's DeadLetter, or when the message context ends.
-func (r *Retry) quick(h message.HandlerFunc, msg *message.Message, err error) ([]*message.Message, error) {
+// error, on a classifier's DeadLetter, or when consumed (the message's
+// context as the middleware received it) ends.
+func (r *Retry) quick(h message.HandlerFunc, msg *message.Message, consumed context.Context, err error) ([]*message.Message, error) {
 	b := r.policy.Quick.BackOff()
 	b.Reset()
 	for i := 0; i < r.policy.Quick.Attempts; i++ {
@@ -210,11 +217,14 @@ func (r *Retry) quick(h message.HandlerFunc, msg *message.Message, err error) ([
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:
-		case <-msg.Context().Done():
+		case <-consumed.Done():
 			timer.Stop()
 			return nil, err
 		}
 		r.logger.Trace("Quick attempt", watermill.LogFields{"message_uuid": msg.UUID, "attempt": i + 1})
+		// A middleware inside this one (Watermill's Timeout) may have
+		// replaced the context and cancelled it when the attempt ended.
+		msg.SetContext(consumed)
 		var produced []*message.Message
 		if produced, err = call(h, msg); err == nil {
 			return produced, nil

@@ -116,7 +116,9 @@ func (w *Retrier) AddConsumerHandler(r *message.Router, name, topic string, h me
 // name is the handler's name on the router and topic the topic it
 // consumes. Attach adds the retry middleware to h and one tier handler per
 // tier running the same handler function. The tier handlers publish
-// nothing: attach to handlers that return no messages.
+// nothing: attach to handlers that return no messages. Router-level
+// middleware applies to the tier handlers too; middleware added to h alone
+// does not (add it to each of the returned Tiers as well).
 func (w *Retrier) Attach(r *message.Router, h *message.Handler, name, topic string) (*Handler, error) {
 	if h == nil {
 		return nil, errors.New("nil *message.Handler")
@@ -167,6 +169,12 @@ func (w *Retrier) add(
 		names[i] = name + ".retry." + tiered.FormatDelay(d)
 		if _, taken := existing[names[i]]; taken {
 			return nil, fmt.Errorf("the router already has a handler named %q", names[i])
+		}
+		for j := range i {
+			if names[j] == names[i] {
+				return nil, fmt.Errorf("handler %q: tiers %d and %d have the same delay %v, so both tier handlers would be named %q: give each tier its own delay",
+					name, j+1, i+1, d, names[i])
+			}
 		}
 	}
 

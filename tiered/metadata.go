@@ -166,7 +166,15 @@ func Truncate(s string, n int) string {
 		return s
 	}
 	const ellipsis = "…"
-	cut := max(n-len(ellipsis), 0)
+	if n < len(ellipsis) {
+		// No room for the ellipsis: cut on a rune boundary only.
+		cut := max(n, 0)
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return s[:cut]
+	}
+	cut := n - len(ellipsis)
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -78,8 +78,8 @@ func SubscriberDecorator(config SubscriberConfig, logger watermill.LoggerAdapter
 
 // Subscribe subscribes to topic on the wrapped subscriber and returns a
 // channel that yields each message once it is due. The channel is closed
-// when the wrapped channel closes, when ctx ends or when the subscriber is
-// closed.
+// after the wrapped channel closes, which Watermill subscribers do when ctx
+// ends or they are closed; holds end at once on either.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	select {
 	case <-s.closing:
@@ -144,7 +144,11 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 		return true
 	}
 	now := time.Now()
-	if limit := now.Add(s.config.MaxDelay); due.After(limit) {
+	// Due times are stamped in whole milliseconds, rounded up: one
+	// received within a millisecond of its publish can lie up to 1ms past
+	// now + MaxDelay, and clamping it would hand it on early.
+	limit := now.Add(s.config.MaxDelay)
+	if due.After(limit.Truncate(time.Millisecond).Add(time.Millisecond)) {
 		s.logger.Info("Message is due later than its tier's delay allows, holding it for the delay only", watermill.LogFields{
 			"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String(), "max_delay": s.config.MaxDelay.String(),
 		})
