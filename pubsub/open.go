@@ -10,6 +10,7 @@ import (
 
 	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
 	"github.com/retry-kafka/retry-kafka/pubsub/memory"
+	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -35,6 +36,12 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (t
 		return memory.New(logger), nil
 	case "kafka":
 		b, err := kafka.Open(ctx, rawURL, logger)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	case "redis", "rediss", "unix":
+		b, err := redisstream.Open(ctx, rawURL, logger)
 		if err != nil {
 			return nil, err
 		}

@@ -14,8 +14,10 @@ import (
 // SubscriberConfig configures a [Subscriber].
 type SubscriberConfig struct {
 	// MaxDelay bounds every hold: a message is held until its due time, but
-	// never longer than MaxDelay after it was received, so a forged or
-	// corrupt due time cannot stall a tier. Set it to the tier's delay.
+	// a due time more than MaxDelay (plus 1% and 1ms of slack for clock
+	// drift and millisecond rounding) after it was received is clamped to
+	// receipt + MaxDelay, so a forged or corrupt due time cannot stall a
+	// tier. Set it to the tier's delay.
 	//
 	// Required. Must be positive.
 	MaxDelay time.Duration
@@ -143,47 +145,47 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 	if !ok {
 		return true
 	}
-	now := time.Now()
-	// Due times are stamped in whole milliseconds, rounded up: one
-	// received within a millisecond of its publish can lie up to 1ms past
-	// now + MaxDelay, and clamping it would hand it on early.
-	limit := now.Add(s.config.MaxDelay)
-	if due.After(limit.Truncate(time.Millisecond).Add(time.Millisecond)) {
+	// Due times are wall-clock instants, so the whole hold runs on the wall
+	// clock: a timer measures monotonic time, which drifts from the wall
+	// clock (by hundreds of ppm on some VMs), so each wake-up re-reads it.
+	now := time.Now().Round(0)
+	if limit := now.Add(s.config.MaxDelay + clampSlack(s.config.MaxDelay)); due.After(limit) {
 		s.logger.Info("Message is due later than its tier's delay allows, holding it for the delay only", watermill.LogFields{
 			"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String(), "max_delay": s.config.MaxDelay.String(),
 		})
-		due = limit
+		due = now.Add(s.config.MaxDelay)
 	}
-	wait := due.Sub(now)
-	if wait <= 0 {
+	if !due.After(now) {
 		return true
 	}
-	s.logger.Trace("Holding message until due", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": wait.String()})
-	timer := time.NewTimer(wait)
+	s.logger.Trace("Holding message until due", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String()})
+	timer := time.NewTimer(due.Sub(now))
 	defer timer.Stop()
-	select {
-	case <-timer.C:
-		// Timers may fire a hair before the wall clock reaches due on
-		// some platforms; never hand on early.
-		for d := time.Until(due); d > 0; d = time.Until(due) {
-			timer.Reset(d)
-			select {
-			case <-timer.C:
-			case <-msg.Context().Done():
-				return false
-			case <-ctx.Done():
-				return false
-			case <-s.closing:
-				return false
+	for {
+		select {
+		case <-timer.C:
+			wait := time.Until(due)
+			if wait <= 0 {
+				return true
 			}
+			timer.Reset(wait)
+			continue
+		case <-msg.Context().Done():
+		case <-ctx.Done():
+		case <-s.closing:
 		}
-		return true
-	case <-msg.Context().Done():
-	case <-ctx.Done():
-	case <-s.closing:
+		s.logger.Debug("Stopped holding message: its context or the subscription ended", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID})
+		return false
 	}
-	s.logger.Debug("Stopped holding message: its context or the subscription ended", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID})
-	return false
+}
+
+// clampSlack is how far past receipt + MaxDelay a due time may lie before
+// it is clamped: due times are rounded up to the millisecond when stamped,
+// and the publisher's wall clock may run a little ahead of ours. Without
+// it, an honest message could be clamped to an instant before its due time
+// and handed on early.
+func clampSlack(maxDelay time.Duration) time.Duration {
+	return time.Millisecond + maxDelay/100
 }
 
 // Close stops every hold, closes the wrapped subscriber and waits until
