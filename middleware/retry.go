@@ -115,75 +115,97 @@ func (r *Retry) Topics() tiered.Topics { return r.topics }
 // failure. If the publish fails, it returns an error that wraps both
 // failures and the router Nacks the original.
 func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	// The closure stays small: the router runs each message on a new
+	// goroutine, and a large frame here made every message grow its
+	// stack before reaching h.
 	return func(msg *message.Message) ([]*message.Message, error) {
 		consumedFrom := message.SubscribeTopicFromCtx(msg.Context())
-		_, onTier := r.topics.Tier(consumedFrom)
-
-		var info tiered.Info
-		if onTier {
-			var err error
-			info, err = tiered.ReadInfo(msg.Metadata)
-			if err == nil {
-				// The holding subscriber hands on a malformed due time at
-				// once and relies on this check to dead-letter it.
-				_, _, err = tiered.DueAt(msg.Metadata)
-			}
-			if err == nil && (info.OriginalTopic != r.topics.Main || info.Handler != r.topics.Handler) {
-				err = fmt.Errorf("%w: message belongs to handler %q on topic %q, not %q on %q",
-					tiered.ErrInvalidMetadata, info.Handler, info.OriginalTopic, r.topics.Handler, r.topics.Main)
-			}
-			if err != nil {
-				reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", consumedFrom, err)
-				now := time.Now()
-				info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
-				return nil, r.deadLetter(msg, info, reason)
-			}
+		if _, onTier := r.topics.Tier(consumedFrom); onTier {
+			return r.handleTier(h, msg, consumedFrom)
 		}
-
 		consumed := msg.Context()
 		produced, err := call(h, msg)
 		if err == nil {
 			return produced, nil
 		}
-		if !onTier && r.policy.Quick.Attempts > 0 {
-			produced, err = r.quick(h, msg, consumed, err)
-			if err == nil {
-				return produced, nil
-			}
-		}
-		if errors.Is(consumed.Err(), context.Canceled) {
-			// The subscriber gave the message up while it was handled (a
-			// Kafka rebalance ended the session, the subscription closed):
-			// the attempt was interrupted, not failed. Nack it; whoever
-			// consumes it next tries again without losing an attempt.
-			// (A deadline, such as Watermill's Timeout middleware sets, is
-			// a failure like any other and goes to the next tier.)
-			return nil, fmt.Errorf("attempt interrupted, the message's context was cancelled: %w", err)
-		}
-
-		attempt := info.Attempt + 1
-		now := time.Now()
-		if info.Attempt == 0 {
-			info.FirstFailure = now
-		}
-		info.Attempt = attempt
-		info.OriginalTopic = r.topics.Main
-		info.Handler = r.topics.Handler
-		info.LastFailure = now
-		info.LastError = err.Error()
-
-		decision := r.policy.Decide(tiered.ClassifyParams{Err: err, Message: msg, Attempt: attempt})
-		next, ok := r.policy.TierFor(attempt)
-		if decision == tiered.DeadLetter || !ok {
-			if decision == tiered.DeadLetter {
-				err = fmt.Errorf("attempt %d failed with an error that is not retried: %w", attempt, err)
-			} else {
-				err = fmt.Errorf("attempt %d of %d failed, no attempts left: %w", attempt, r.policy.MaxAttempts, err)
-			}
-			return nil, r.deadLetter(msg, info, err)
-		}
-		return nil, r.toTier(msg, info, next, err)
+		return r.failed(h, msg, consumed, nil, err)
 	}
+}
+
+// handleTier checks the retry metadata of a message consumed from a tier
+// topic, then runs h.
+func (r *Retry) handleTier(h message.HandlerFunc, msg *message.Message, consumedFrom string) ([]*message.Message, error) {
+	info, err := tiered.ReadInfo(msg.Metadata)
+	if err == nil {
+		// The holding subscriber hands on a malformed due time at
+		// once and relies on this check to dead-letter it.
+		_, _, err = tiered.DueAt(msg.Metadata)
+	}
+	if err == nil && (info.OriginalTopic != r.topics.Main || info.Handler != r.topics.Handler) {
+		err = fmt.Errorf("%w: message belongs to handler %q on topic %q, not %q on %q",
+			tiered.ErrInvalidMetadata, info.Handler, info.OriginalTopic, r.topics.Handler, r.topics.Main)
+	}
+	if err != nil {
+		reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", consumedFrom, err)
+		now := time.Now()
+		info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
+		return nil, r.deadLetter(msg, info, reason)
+	}
+	consumed := msg.Context()
+	produced, err := call(h, msg)
+	if err == nil {
+		return produced, nil
+	}
+	return r.failed(h, msg, consumed, &info, err)
+}
+
+// failed handles an attempt of h that failed with err: quick attempts,
+// then the next tier or the dead-letter topic. tier is the retry metadata
+// of a message consumed from a tier topic, nil on the main topic.
+func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, consumed context.Context, tier *tiered.Info, err error) ([]*message.Message, error) {
+	var info tiered.Info
+	if tier != nil {
+		info = *tier
+	}
+	if tier == nil && r.policy.Quick.Attempts > 0 {
+		var produced []*message.Message
+		produced, err = r.quick(h, msg, consumed, err)
+		if err == nil {
+			return produced, nil
+		}
+	}
+	if errors.Is(consumed.Err(), context.Canceled) {
+		// The subscriber gave the message up while it was handled (a
+		// Kafka rebalance ended the session, the subscription closed):
+		// the attempt was interrupted, not failed. Nack it; whoever
+		// consumes it next tries again without losing an attempt.
+		// (A deadline, such as Watermill's Timeout middleware sets, is
+		// a failure like any other and goes to the next tier.)
+		return nil, fmt.Errorf("attempt interrupted, the message's context was cancelled: %w", err)
+	}
+
+	attempt := info.Attempt + 1
+	now := time.Now()
+	if info.Attempt == 0 {
+		info.FirstFailure = now
+	}
+	info.Attempt = attempt
+	info.OriginalTopic = r.topics.Main
+	info.Handler = r.topics.Handler
+	info.LastFailure = now
+	info.LastError = err.Error()
+
+	decision := r.policy.Decide(tiered.ClassifyParams{Err: err, Message: msg, Attempt: attempt})
+	next, ok := r.policy.TierFor(attempt)
+	if decision == tiered.DeadLetter || !ok {
+		if decision == tiered.DeadLetter {
+			err = fmt.Errorf("attempt %d failed with an error that is not retried: %w", attempt, err)
+		} else {
+			err = fmt.Errorf("attempt %d of %d failed, no attempts left: %w", attempt, r.policy.MaxAttempts, err)
+		}
+		return nil, r.deadLetter(msg, info, err)
+	}
+	return nil, r.toTier(msg, info, next, err)
 }
 
 // call runs h, turning a panic into an error.
