@@ -38,7 +38,11 @@ func (c SubscriberConfig) Validate() error {
 // next message of a partition (or stream) only after the previous one was
 // acked, and every message of a tier waits the same delay, so there is one
 // hold per partition, always of the partition's first message due; memory
-// stays bounded by the number of partitions. The wait ends at once when the message's
+// stays bounded by the number of partitions. (This rests on the wrapped
+// subscriber waiting for an ack before it delivers a partition's next
+// message, as watermill-kafka, this library's Kafka tier subscriber and
+// watermill-redisstream do. Watermill's GoChannel does not: on it every
+// waiting message is held at once.) The wait ends at once when the message's
 // context, the subscription's context or the subscriber ends; the held
 // message is then Nacked, so the wrapped subscriber delivers it again
 // (later, or to another consumer) and nothing is lost.
