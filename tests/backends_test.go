@@ -62,10 +62,11 @@ type Features struct {
 
 	// DeliversAfterAck: a subscription hands on the next message of a
 	// partition (stream) only once the one before was acked or nacked, so
-	// a handler that blocks holds back the messages behind it. Watermill's
-	// GoChannel hands every message on at once: there a blocking retry
-	// cannot slow the main topic, and TestRetry_mainFlowNotBlockedByTier
-	// cannot catch one.
+	// a handler that blocks holds back the messages behind it. Without it
+	// a blocking retry cannot slow the main topic, and
+	// TestRetry_mainFlowNotBlockedByTier cannot catch one. (Watermill's
+	// GoChannel alone hands every message on at once; the memory backend
+	// relays them one at a time.)
 	DeliversAfterAck bool
 
 	// RestartReplaysHistory: a new subscription receives every message its
@@ -88,6 +89,7 @@ func backends() []Backend {
 			Name: "mem",
 			New:  newMemory,
 			Features: Features{
+				DeliversAfterAck:      true,
 				RestartReplaysHistory: true,
 				Watermill: wmtests.Features{
 					// Every subscription gets every message: no groups.

@@ -4,7 +4,9 @@
 // process and loses them all when it ends.
 //
 // Each subscription receives every message of its topic, the way a consumer
-// group per handler does on a broker. The GoChannel is persistent: a
+// group per handler does on a broker, one at a time: the next only after
+// the one before was acked or nacked, like a partition (the order between
+// messages is not kept). The GoChannel is persistent: a
 // subscription made after a publish still receives that message, so tier
 // messages published before a router starts are not lost. A second
 // subscription to the same topic (a router restarted in the same process)
@@ -71,10 +73,36 @@ type subscriber struct {
 	once   sync.Once
 }
 
+// Subscribe relays the GoChannel's messages one at a time: the next only
+// after the one before was acked or nacked, as a broker delivers a
+// partition. (GoChannel alone hands out every message at once, so a
+// holding subscriber on a tier would hold all of them.)
 func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	context.AfterFunc(s.ctx, cancel)
-	return s.pubSub.Subscribe(ctx, topic)
+	in, err := s.pubSub.Subscribe(ctx, topic)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	go func() {
+		defer close(out)
+		for msg := range in {
+			select {
+			case out <- msg:
+			case <-ctx.Done():
+				msg.Nack()
+				continue
+			}
+			select {
+			case <-msg.Acked():
+			case <-msg.Nacked():
+			case <-ctx.Done():
+			}
+		}
+	}()
+	return out, nil
 }
 
 func (s *subscriber) Close() error {

@@ -100,3 +100,40 @@ func TestBackend_closeEndsEverySubscription(t *testing.T) {
 	}
 	require.Error(t, b.Publisher().Publish("orders", message.NewMessage("m1", nil)), "no publishing after Close")
 }
+
+// GoChannel's internal lock is not a durable block for testing/synctest, so
+// this test runs on real time: the negative checks give a wrongly delivered
+// message 200ms to show up, which it does at once when the relay is broken.
+func TestSubscriber_deliversTheNextMessageOnlyAfterAckOrNack(t *testing.T) {
+	b := memory.New(nil)
+	defer b.Close()
+	sub, err := b.Subscriber(tiered.SubscribeParams{Group: "g", Topic: "orders"})
+	require.NoError(t, err)
+	defer sub.Close()
+	ch, err := sub.Subscribe(context.Background(), "orders")
+	require.NoError(t, err)
+	require.NoError(t, b.Publisher().Publish("orders",
+		message.NewMessage("a", nil), message.NewMessage("b", nil), message.NewMessage("c", nil)))
+
+	nothingMore := func(held *message.Message) {
+		t.Helper()
+		select {
+		case m := <-ch:
+			t.Fatalf("message %s delivered while %s was neither acked nor nacked", m.UUID, held.UUID)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	first := <-ch
+	nothingMore(first)
+	first.Ack()
+	second := <-ch
+	require.NotEqual(t, first.UUID, second.UUID)
+	nothingMore(second)
+	second.Nack() // delivered again, before or after the third
+	seen := map[string]bool{first.UUID: true}
+	for len(seen) < 3 {
+		m := <-ch
+		seen[m.UUID] = true
+		m.Ack()
+	}
+}
