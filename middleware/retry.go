@@ -259,17 +259,23 @@ func (r *Retry) quick(h message.HandlerFunc, msg *message.Message, consumed cont
 // a live context that keeps the original's values (tracing, correlation)
 // but not its cancellation or deadline, which Watermill's Timeout
 // middleware may have used up.
-func hopCopy(msg *message.Message, info tiered.Info) *message.Message {
+//
+// On the first hop, from the handler's own topic, whatever origin the
+// metadata claims is cleared too, so the backend records the true one.
+func (r *Retry) hopCopy(msg *message.Message, info tiered.Info) *message.Message {
 	out := msg.Copy()
 	out.SetContext(context.WithoutCancel(msg.Context()))
 	tiered.ClearInfo(out.Metadata)
+	if _, onTier := r.topics.Tier(message.SubscribeTopicFromCtx(msg.Context())); !onTier {
+		tiered.ClearOrigin(out.Metadata)
+	}
 	info.Write(out.Metadata)
 	return out
 }
 
 func (r *Retry) toTier(msg *message.Message, info tiered.Info, tier int, cause error) error {
 	info.Tier = tier + 1
-	out := hopCopy(msg, info)
+	out := r.hopCopy(msg, info)
 	d := r.topics.Delays[tier]
 	delay.Message(out, delay.For(d))
 	topic := r.topics.Tiers[tier]
@@ -288,7 +294,7 @@ func (r *Retry) toTier(msg *message.Message, info tiered.Info, tier int, cause e
 func (r *Retry) deadLetter(msg *message.Message, info tiered.Info, reason error) error {
 	info.Tier = 0
 	info.LastError = reason.Error()
-	out := hopCopy(msg, info)
+	out := r.hopCopy(msg, info)
 	ctx := msg.Context()
 	consumedFrom := message.SubscribeTopicFromCtx(ctx)
 	if consumedFrom == "" {

@@ -141,6 +141,19 @@ func ClearInfo(md message.Metadata) {
 	}
 }
 
+// originKeys are the keys that [ClearOrigin] removes.
+var originKeys = [...]string{KeyKafkaPartition, KeyKafkaOffset, KeyKafkaTimestamp, KeyKafkaKey}
+
+// ClearOrigin removes the keys that record where a message was first
+// consumed ([KeyKafkaPartition] and friends). The retry middleware clears
+// them, like the retry keys, before a message's first hop: a backend then
+// records the true origin of the record it consumed, never a forged one.
+func ClearOrigin(md message.Metadata) {
+	for _, k := range originKeys {
+		delete(md, k)
+	}
+}
+
 // DueAt returns the due time a message carries: [KeyDueAt], else
 // Watermill's delay.DelayedUntilKey. ok is false when it carries neither; a
 // malformed value gives an error wrapping [ErrInvalidMetadata].

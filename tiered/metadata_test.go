@@ -134,6 +134,21 @@ func TestClearInfo_removesRetryDelayAndPoisonKeysOnly(t *testing.T) {
 	require.Equal(t, message.Metadata{"tenant": "acme", wmiddleware.CorrelationIDMetadataKey: "corr-1"}, md)
 }
 
+func TestClearOrigin_removesTheOriginKeysOnly(t *testing.T) {
+	md := message.Metadata{"tenant": "acme"}
+	validInfo().Write(md)
+	md.Set(tiered.KeyKafkaPartition, "77")
+	md.Set(tiered.KeyKafkaOffset, "9999")
+	md.Set(tiered.KeyKafkaTimestamp, "1")
+	md.Set(tiered.KeyKafkaKey, "forged")
+	want := message.Metadata{"tenant": "acme"}
+	validInfo().Write(want)
+
+	tiered.ClearOrigin(md)
+
+	require.Equal(t, want, md)
+}
+
 func TestDueAt(t *testing.T) {
 	due := time.UnixMilli(1_700_000_000_123)
 	tests := []struct {

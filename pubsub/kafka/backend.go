@@ -21,7 +21,6 @@ type Backend struct {
 	pub    *wkafka.Publisher
 
 	mu      sync.Mutex
-	mains   map[string]bool // main topics seen by Prepare
 	admin   sarama.ClusterAdmin
 	closed  bool
 	onClose func()
@@ -71,12 +70,9 @@ func (b *Backend) Subscriber(params tiered.SubscribeParams) (message.Subscriber,
 			closing: make(chan struct{}),
 		}, nil
 	}
-	b.mu.Lock()
-	main := b.mains[params.Topic]
-	b.mu.Unlock()
 	return wkafka.NewSubscriber(wkafka.SubscriberConfig{
 		Brokers:               b.config.Brokers,
-		Unmarshaler:           unmarshaler{stamp: true, replace: main},
+		Unmarshaler:           wkafka.DefaultMarshaler{},
 		OverwriteSaramaConfig: b.config.saramaConfig(),
 		ConsumerGroup:         group,
 		NackResendSleep:       b.config.NackResendSleep,
@@ -86,12 +82,7 @@ func (b *Backend) Subscriber(params tiered.SubscribeParams) (message.Subscriber,
 // Prepare checks the main topic (creating it when Config.CreateTopics
 // allows) and creates each missing tier and dead-letter topic with the main
 // topic's partition count. Topics that exist are left as they are.
-//
-// It also marks topics.Main as a main topic: subscriptions to it record
-// each message's origin (partition, offset, timestamp, key) from the
-// record, replacing whatever its headers claim. Other subscriptions keep
-// an origin the headers already carry (a dead-letter reader sees where the
-// message first came from).
+
 func (b *Backend) Prepare(ctx context.Context, topics tiered.Topics) error {
 	admin, err := b.clusterAdmin()
 	if err != nil {
@@ -101,12 +92,6 @@ func (b *Backend) Prepare(ctx context.Context, topics tiered.Topics) error {
 	if err != nil {
 		return err
 	}
-	b.mu.Lock()
-	if b.mains == nil {
-		b.mains = map[string]bool{}
-	}
-	b.mains[topics.Main] = true
-	b.mu.Unlock()
 	if partitions == 0 {
 		if !b.config.CreateTopics {
 			return fmt.Errorf("main topic %q does not exist on %v: create it, or set Config.CreateTopics (create_topics=true in the URL)", topics.Main, b.config.Brokers)

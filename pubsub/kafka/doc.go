@@ -11,8 +11,10 @@
 //     error unless Config.CreateTopics allows creating it.
 //   - The record key is kept across every hop: tier and dead-letter records
 //     are written with the original key, so per-key order holds inside a
-//     tier. The original partition, offset, timestamp and key are recorded
-//     in metadata (tiered.KeyKafkaPartition and friends).
+//     tier. Tier and dead-letter copies record the original partition,
+//     offset, timestamp and key in metadata (tiered.KeyKafkaPartition and
+//     friends; [ReadOrigin] reads them), taken from the consumed record
+//     when the message first fails, so the happy path does not pay for it.
 //   - Main topics are consumed with watermill-kafka's own subscriber. Tier
 //     topics are consumed with a session-aware subscriber: a held message's
 //     context ends with the consumer-group session, so a rebalance never

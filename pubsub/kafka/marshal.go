@@ -13,11 +13,23 @@ import (
 // marshaler writes messages as watermill-kafka's DefaultMarshaler does and
 // sets the record key: the original key a tier or dead-letter copy
 // carries, else the configured PartitionKey.
+//
+// A copy's first hop (it carries retry metadata but no origin yet) takes
+// its origin from the context of the message it was copied from, where
+// watermill-kafka's subscriber put the consumed record's partition, offset,
+// timestamp and key; the retry middleware keeps that context's values.
+// Recording the origin only when a message fails keeps the happy path from
+// paying for it.
 type marshaler struct {
 	partitionKey wkafka.GeneratePartitionKey
 }
 
 func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	if _, retry := msg.Metadata[tiered.KeyAttempt]; retry {
+		if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
+			recordOrigin(msg)
+		}
+	}
 	rec, err := wkafka.DefaultMarshaler{}.Marshal(topic, msg)
 	if err != nil {
 		return nil, err
@@ -34,39 +46,24 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 	return rec, nil
 }
 
-// unmarshaler reads records as watermill-kafka's DefaultMarshaler does and
-// records where a message came from. On a handler's main topic (one that
-// went through Prepare) the origin replaces whatever the headers claimed;
-// elsewhere (a dead-letter reader, say) an origin already recorded is kept.
-// Tier subscriptions keep the origin recorded at the main topic.
-type unmarshaler struct {
-	stamp   bool // record the origin
-	replace bool // even when the headers carry one
-}
-
-// originKeys are the metadata keys that record the original record.
-var originKeys = [...]string{tiered.KeyKafkaPartition, tiered.KeyKafkaOffset, tiered.KeyKafkaTimestamp, tiered.KeyKafkaKey}
-
-func (u unmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
-	msg, err := wkafka.DefaultMarshaler{}.Unmarshal(rec)
-	if err != nil || !u.stamp {
-		return msg, err
+// recordOrigin writes into msg's metadata the origin that watermill-kafka's
+// subscriber left in its context, if any.
+func recordOrigin(msg *message.Message) {
+	ctx := msg.Context()
+	partition, ok := wkafka.MessagePartitionFromCtx(ctx)
+	if !ok {
+		return
 	}
-	if _, has := msg.Metadata[tiered.KeyKafkaPartition]; has && !u.replace {
-		return msg, nil
+	msg.Metadata.Set(tiered.KeyKafkaPartition, strconv.FormatInt(int64(partition), 10))
+	if offset, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
+		msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.FormatInt(offset, 10))
 	}
-	for _, k := range originKeys {
-		delete(msg.Metadata, k)
+	if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
+		msg.Metadata.Set(tiered.KeyKafkaTimestamp, strconv.FormatInt(ts.UnixMilli(), 10))
 	}
-	msg.Metadata.Set(tiered.KeyKafkaPartition, strconv.FormatInt(int64(rec.Partition), 10))
-	msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.FormatInt(rec.Offset, 10))
-	if !rec.Timestamp.IsZero() {
-		msg.Metadata.Set(tiered.KeyKafkaTimestamp, strconv.FormatInt(rec.Timestamp.UnixMilli(), 10))
+	if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
+		msg.Metadata.Set(tiered.KeyKafkaKey, string(key))
 	}
-	if rec.Key != nil {
-		msg.Metadata.Set(tiered.KeyKafkaKey, string(rec.Key))
-	}
-	return msg, nil
 }
 
 // Origin is where a message was first consumed, as recorded in its
@@ -80,10 +77,26 @@ type Origin struct {
 	Key []byte
 }
 
-// ReadOrigin returns the origin a message's metadata records, and false
-// when it records none (the message was not consumed from Kafka through
-// this backend).
+// ReadOrigin returns where a message was first consumed: from its metadata
+// on tier and dead-letter messages, from its context (watermill-kafka's)
+// on a handler's own topic. It returns false when neither records one.
 func ReadOrigin(msg *message.Message) (Origin, bool) {
+	if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
+		ctx := msg.Context()
+		p, ok := wkafka.MessagePartitionFromCtx(ctx)
+		if !ok {
+			return Origin{}, false
+		}
+		origin := Origin{Partition: p}
+		origin.Offset, _ = wkafka.MessagePartitionOffsetFromCtx(ctx)
+		if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
+			origin.TimestampMs = ts.UnixMilli()
+		}
+		if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
+			origin.Key = key
+		}
+		return origin, true
+	}
 	p, err1 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaPartition), 10, 32)
 	o, err2 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaOffset), 10, 64)
 	if err1 != nil || err2 != nil {

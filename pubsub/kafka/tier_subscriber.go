@@ -9,6 +9,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
@@ -125,7 +126,7 @@ func (h *claimHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 // reports false when the session ended first (the offset stays unmarked,
 // so the record is delivered again after the rebalance).
 func (h *claimHandler) deliver(sess sarama.ConsumerGroupSession, rec *sarama.ConsumerMessage) bool {
-	msg, err := unmarshaler{}.Unmarshal(rec) // keeps the origin recorded at the main topic
+	msg, err := wkafka.DefaultMarshaler{}.Unmarshal(rec)
 	if err != nil {
 		// The default unmarshaler never fails; if a future one does, stop
 		// this claim rather than skip the record.
