@@ -1,6 +1,7 @@
 package kafka_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -45,4 +46,16 @@ func TestNew_invalidConfig(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+func TestOpen_embedded(t *testing.T) {
+	b, err := kafka.Open(context.Background(), "kafka://embedded?group_prefix=demo.", nil)
+	require.NoError(t, err)
+	defer b.Close()
+	require.NotEqual(t, []string{"embedded"}, b.Brokers(), "the embedded broker's own address is used")
+
+	_, err = kafka.Open(context.Background(), "kafka://embedded,h:9092", nil)
+	require.ErrorContains(t, err, `"embedded" cannot be listed with other brokers`)
+	_, err = kafka.Open(context.Background(), "kafka://embedded?colour=blue", nil)
+	require.ErrorContains(t, err, `unknown parameter "colour"`)
 }

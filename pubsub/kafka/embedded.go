@@ -3,7 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
-	"strings"
+	"slices"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -36,15 +36,18 @@ func NewEmbedded(config Config, logger watermill.LoggerAdapter) (*Backend, error
 	return b, nil
 }
 
-// Open opens the backend a URL names: kafka://host:9092,host2:9092 (see
-// [ParseURL]) or [EmbeddedURL].
+// Open opens the backend a URL names: kafka://host:9092,host2:9092 or
+// [EmbeddedURL], both with the parameters of [ParseURL].
 func Open(_ context.Context, rawURL string, logger watermill.LoggerAdapter) (*Backend, error) {
-	if host, _, _ := strings.Cut(strings.TrimPrefix(rawURL, "kafka://"), "?"); strings.TrimSuffix(host, "/") == "embedded" {
-		return NewEmbedded(Config{}, logger)
-	}
 	config, err := ParseURL(rawURL)
 	if err != nil {
 		return nil, err
+	}
+	if slices.Contains(config.Brokers, "embedded") {
+		if len(config.Brokers) > 1 {
+			return nil, fmt.Errorf("kafka URL %q: \"embedded\" cannot be listed with other brokers", rawURL)
+		}
+		return NewEmbedded(config, logger)
 	}
 	return New(config, logger)
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"context"
 	"strconv"
 
 	"github.com/IBM/sarama"
@@ -49,25 +50,40 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 // recordOrigin writes into msg's metadata the origin that watermill-kafka's
 // subscriber left in its context, if any.
 func recordOrigin(msg *message.Message) {
-	ctx := msg.Context()
-	partition, ok := wkafka.MessagePartitionFromCtx(ctx)
+	o, ok := originFromCtx(msg.Context())
 	if !ok {
 		return
 	}
-	msg.Metadata.Set(tiered.KeyKafkaPartition, strconv.FormatInt(int64(partition), 10))
-	if offset, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
-		msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.FormatInt(offset, 10))
+	msg.Metadata.Set(tiered.KeyKafkaPartition, strconv.FormatInt(int64(o.Partition), 10))
+	msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.FormatInt(o.Offset, 10))
+	if o.TimestampMs != 0 {
+		msg.Metadata.Set(tiered.KeyKafkaTimestamp, strconv.FormatInt(o.TimestampMs, 10))
 	}
-	if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
-		msg.Metadata.Set(tiered.KeyKafkaTimestamp, strconv.FormatInt(ts.UnixMilli(), 10))
-	}
-	if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
-		msg.Metadata.Set(tiered.KeyKafkaKey, string(key))
+	if o.Key != nil {
+		msg.Metadata.Set(tiered.KeyKafkaKey, string(o.Key))
 	}
 }
 
-// Origin is where a message was first consumed, as recorded in its
-// metadata by the backend.
+// originFromCtx reads the consumed record's origin from the context
+// watermill-kafka's subscriber gives each message.
+func originFromCtx(ctx context.Context) (Origin, bool) {
+	p, ok := wkafka.MessagePartitionFromCtx(ctx)
+	if !ok {
+		return Origin{}, false
+	}
+	o := Origin{Partition: p}
+	o.Offset, _ = wkafka.MessagePartitionOffsetFromCtx(ctx)
+	if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
+		o.TimestampMs = ts.UnixMilli()
+	}
+	if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
+		o.Key = key
+	}
+	return o, true
+}
+
+// Origin is where a message was first consumed: the partition, offset,
+// timestamp and key of the record on the handler's own topic.
 type Origin struct {
 	Partition int32
 	Offset    int64
@@ -82,20 +98,7 @@ type Origin struct {
 // on a handler's own topic. It returns false when neither records one.
 func ReadOrigin(msg *message.Message) (Origin, bool) {
 	if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
-		ctx := msg.Context()
-		p, ok := wkafka.MessagePartitionFromCtx(ctx)
-		if !ok {
-			return Origin{}, false
-		}
-		origin := Origin{Partition: p}
-		origin.Offset, _ = wkafka.MessagePartitionOffsetFromCtx(ctx)
-		if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
-			origin.TimestampMs = ts.UnixMilli()
-		}
-		if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
-			origin.Key = key
-		}
-		return origin, true
+		return originFromCtx(msg.Context())
 	}
 	p, err1 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaPartition), 10, 32)
 	o, err2 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaOffset), 10, 64)

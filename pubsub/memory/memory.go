@@ -79,15 +79,18 @@ type subscriber struct {
 // holding subscriber on a tier would hold all of them.)
 func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	context.AfterFunc(s.ctx, cancel)
+	stop := context.AfterFunc(s.ctx, cancel)
 	in, err := s.pubSub.Subscribe(ctx, topic)
 	if err != nil {
+		stop()
 		cancel()
 		return nil, err
 	}
 	out := make(chan *message.Message)
 	go func() {
 		defer close(out)
+		defer stop()
+		defer cancel()
 		for msg := range in {
 			select {
 			case out <- msg:
