@@ -121,7 +121,7 @@ func measureMemory(b *testing.B, backend string) {
 	a := startTiered(b, rg, name, topic, tiered.Policy{Delays: []time.Duration{tierDelay}, MaxAttempts: 2}, p.handle)
 	tierTopic := a.handler.Topics.Tiers[0]
 	if rg.admin != nil {
-		tierGroup := name + ".retry." + tiered.FormatDelay(tierDelay)
+		tierGroup := a.handler.Topics.Group(tierTopic)
 		if _, ok := waitGroup(b, rg, tierGroup, 1, waitLimit); !ok {
 			b.Fatalf("tier group %s never joined", tierGroup)
 		}

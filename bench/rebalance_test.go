@@ -46,7 +46,7 @@ func BenchmarkRebalance(b *testing.B) {
 			p := newProbe(topic)
 			policy := tiered.Policy{Delays: []time.Duration{tierDelay}, MaxAttempts: 2}
 			first := startTiered(b, rg, handler, topic, policy, p.handle)
-			tierGroup := handler + ".retry." + tiered.FormatDelay(tierDelay)
+			tierGroup := first.handler.Topics.Group(first.handler.Topics.Tiers[0])
 			if _, ok := waitGroup(b, rg, tierGroup, 1, waitLimit); !ok {
 				b.Fatalf("tier group %s never joined", tierGroup)
 			}

@@ -268,12 +268,22 @@ func TestRetrier_addConsumerHandlerWiresOneSubscriptionPerTier(t *testing.T) {
 	require.Len(t, handlers, 3)
 	require.Equal(t, []tiered.Topics{h.Topics}, backend.prepared, "topics prepared once, before use")
 	require.Equal(t, []tiered.SubscribeParams{
-		{Group: "billing", Topic: "orders", DLQ: "orders.billing.dlq"},
-		{Group: "billing.retry.10s", Topic: "orders.billing.retry.10s", Delay: 10 * time.Second, DLQ: "orders.billing.dlq"},
-		{Group: "billing.retry.1m", Topic: "orders.billing.retry.1m", Delay: time.Minute, DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing", Topic: "orders", DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing.retry.10s", Topic: "orders.billing.retry.10s", Delay: 10 * time.Second, DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing.retry.1m", Topic: "orders.billing.retry.1m", Delay: time.Minute, DLQ: "orders.billing.dlq"},
 	}, backend.params)
 
 	_, err = w.AddConsumerHandler(r, "shipping", "orders", func(*message.Message) error { return nil })
 	require.NoError(t, err, "a second handler on the same topic gets its own names")
 	require.Len(t, r.Handlers(), 6)
+
+	// A handler of the same name on another topic (another service, say)
+	// consumes in groups of its own.
+	other, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	require.NoError(t, err)
+	backend.params = nil
+	_, err = w.AddConsumerHandler(other, "billing", "invoices", func(*message.Message) error { return nil })
+	require.NoError(t, err)
+	require.Equal(t, []string{"invoices.billing", "invoices.billing.retry.10s", "invoices.billing.retry.1m"},
+		[]string{backend.params[0].Group, backend.params[1].Group, backend.params[2].Group})
 }

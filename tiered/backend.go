@@ -34,9 +34,10 @@ type Backend interface {
 
 // SubscribeParams describes one subscription, for [Backend.Subscriber].
 type SubscribeParams struct {
-	// Group names the consumer group. It is unique per handler and
-	// topic, so that every handler (and each of its tiers) consumes on its
-	// own.
+	// Group names the consumer group, before any prefix the backend
+	// adds. The router names it with [Topics.Group], from topic and
+	// handler, so that every handler (and each of its tiers) consumes on
+	// its own and equal handler names on two topics share no group.
 	Group string
 
 	// Topic is the topic that will be subscribed to.
@@ -52,4 +53,25 @@ type SubscribeParams struct {
 	// message, rather than stopping the subscription. Empty outside a
 	// handler (the entry is then acked and logged).
 	DLQ string
+}
+
+// Inspector is an optional capability of a [Backend]: it lists topics and
+// tells how far a consumer group is behind on one. The router uses it to
+// find a handler's retired tiers (tier topics of an earlier policy that
+// still hold messages) and the dlq package to discover the topology.
+// Backends that cannot inspect (the in-memory one) do not implement it.
+type Inspector interface {
+	// ListTopics returns, sorted, the names of the topics (Redis: stream
+	// keys) that start with prefix; "" lists them all.
+	ListTopics(ctx context.Context, prefix string) ([]string, error)
+
+	// Lag returns how many messages of topic the consumer group has not
+	// consumed yet: on Kafka the records after the group's committed
+	// offsets; on Redis the entries not yet delivered to the group plus
+	// those delivered but not acknowledged. group is named as in
+	// [SubscribeParams.Group], before any prefix the backend adds. A group
+	// that does not exist yet lags by every message of the topic (new
+	// groups start from the oldest); a topic that does not exist has lag
+	// 0.
+	Lag(ctx context.Context, topic, group string) (int64, error)
 }

@@ -16,6 +16,15 @@ var (
 	// ErrInvalidMetadata is wrapped by errors about retry metadata that
 	// cannot be parsed.
 	ErrInvalidMetadata = errors.New("invalid retry metadata")
+	// ErrUnpublishable is wrapped by a publisher's error when the message
+	// can never be published as it is, so that trying again cannot help:
+	// it is too large for the broker, its topic does not exist (after
+	// Prepare made it) or is invalid, the client is not authorized, or
+	// the broker rejects the client's config. Backends wrap the errors
+	// they know to be such; every other publish error is taken as
+	// temporary. The retry middleware dead-letters a copy of such a
+	// message that fits instead of trying again.
+	ErrUnpublishable = errors.New("message cannot be published")
 )
 
 // permanentError marks an error that must not be retried.

@@ -67,6 +67,22 @@ type Topics struct {
 	DLQ string
 }
 
+// Group returns the consumer group that consumes topic for this handler,
+// before any prefix a backend adds: "{Main}.{Handler}" for the handler's
+// own topic ("orders.billing"), and for a tier the tier topic's own name
+// ("orders.billing.retry.10s"). Groups are named from topic and handler,
+// so two services that both have a "billing" handler, on different topics,
+// never share a group. It returns "" for a topic that is not the handler's.
+func (t Topics) Group(topic string) string {
+	if topic == t.Main {
+		return t.Main + "." + t.Handler
+	}
+	if _, ok := t.Tier(topic); ok {
+		return topic
+	}
+	return ""
+}
+
 // Tier returns the 0-based tier of topic, or false when topic is not one
 // of the tier topics.
 func (t Topics) Tier(topic string) (int, bool) {

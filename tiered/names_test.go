@@ -149,3 +149,18 @@ func TestValidateTopicName(t *testing.T) {
 		require.ErrorIs(t, err, tiered.ErrInvalidTopicName, "%q", name)
 	}
 }
+
+func TestTopics_groupIsNamedFromTopicAndHandler(t *testing.T) {
+	policy := tiered.Policy{Delays: []time.Duration{10 * time.Second, time.Minute}}
+	topics, err := policy.Topics("orders", "billing", nil)
+	require.NoError(t, err)
+	require.Equal(t, "orders.billing", topics.Group("orders"))
+	require.Equal(t, "orders.billing.retry.10s", topics.Group("orders.billing.retry.10s"))
+	require.Equal(t, "orders.billing.retry.1m", topics.Group("orders.billing.retry.1m"))
+	require.Equal(t, "", topics.Group("orders.billing.dlq"), "nothing consumes the dead-letter topic for the handler")
+	require.Equal(t, "", topics.Group("invoices"))
+
+	other, err := policy.Topics("invoices", "billing", nil)
+	require.NoError(t, err)
+	require.NotEqual(t, topics.Group("orders"), other.Group("invoices"), "equal handler names on two topics share no group")
+}

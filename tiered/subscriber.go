@@ -15,9 +15,11 @@ import (
 type SubscriberConfig struct {
 	// MaxDelay bounds every hold: a message is held until its due time, but
 	// a due time more than MaxDelay (plus 1% and 1ms of slack for clock
-	// drift and millisecond rounding) after it was received is clamped to
-	// receipt + MaxDelay, so a forged or corrupt due time cannot stall a
-	// tier. Set it to the tier's delay.
+	// drift and millisecond rounding) after the broker stored it is
+	// clamped to that time + MaxDelay, so a forged or corrupt due time
+	// cannot stall a tier. The broker's time comes from the backend
+	// ([Delivery].AppendTime); without one, the receipt time is used. Set
+	// it to the tier's delay.
 	//
 	// Required. Must be positive.
 	MaxDelay time.Duration
@@ -153,11 +155,21 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 	// clock: a timer measures monotonic time, which drifts from the wall
 	// clock (by hundreds of ppm on some VMs), so each wake-up re-reads it.
 	now := time.Now().Round(0)
-	if limit := now.Add(s.config.MaxDelay + clampSlack(s.config.MaxDelay)); due.After(limit) {
+	// The clamp counts from when the broker stored the message where the
+	// backend knows it (the broker's clock vouches for it), else from
+	// receipt. From receipt, k messages with forged far-future due times
+	// would each hold the partition for a whole delay, one after another;
+	// from the append time, all of them are due within one delay of when
+	// they were written, so a tier is never stalled by more than one delay.
+	base := now
+	if d := DeliveryFrom(msg.Context()); d != nil && !d.AppendTime.IsZero() && d.AppendTime.Before(now) {
+		base = d.AppendTime.Round(0)
+	}
+	if limit := base.Add(s.config.MaxDelay + clampSlack(s.config.MaxDelay)); due.After(limit) {
 		s.logger.Info("Message is due later than its tier's delay allows, holding it for the delay only", watermill.LogFields{
 			"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String(), "max_delay": s.config.MaxDelay.String(),
 		})
-		due = now.Add(s.config.MaxDelay)
+		due = base.Add(s.config.MaxDelay)
 	}
 	if !due.After(now) {
 		return true

@@ -2,6 +2,7 @@ package tiered_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -380,4 +381,45 @@ func TestNewSubscriber_rejectsInvalidConfig(t *testing.T) {
 	}
 	require.ErrorContains(t, tiered.SubscriberConfig{}.Validate(), "MaxDelay")
 	require.NoError(t, tiered.SubscriberConfig{MaxDelay: time.Nanosecond}.Validate())
+}
+
+// Forged far-future due times are clamped to the broker's append time plus
+// the tier's delay, not to receipt: messages queued behind each other cannot
+// stall a tier by more than one delay in all.
+func TestSubscriber_clampCountsFromTheBrokersAppendTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const maxDelay = time.Second
+		start := time.Now()
+		feed := newFeedSubscriber()
+		sub, err := tiered.NewSubscriber(feed, tiered.SubscriberConfig{MaxDelay: maxDelay}, nil)
+		require.NoError(t, err)
+		defer func() { require.NoError(t, sub.Close()) }()
+		ch, err := sub.Subscribe(context.Background(), "tier")
+		require.NoError(t, err)
+
+		// Five forged messages, all stored by the broker at start, reach
+		// the subscriber one after another (one partition): each is
+		// handed on at start + delay at the latest, not a delay after the
+		// one before.
+		for i := range 5 {
+			msg := message.NewMessage(fmt.Sprintf("forged-%d", i), nil)
+			msg.Metadata.Set(tiered.KeyDueAt, ms(start.Add(24*time.Hour)))
+			msg.SetContext(tiered.WithDelivery(context.Background(), &tiered.Delivery{AppendTime: start}))
+			feed.feed <- msg
+			got := receive(t, ch)
+			require.Equal(t, msg.UUID, got.UUID)
+			require.LessOrEqual(t, time.Since(start), maxDelay, "message %d held past append time + delay", i)
+			got.Ack()
+		}
+
+		// Without an append time the clamp counts from receipt.
+		time.Sleep(10 * time.Second)
+		received := time.Now()
+		msg := message.NewMessage("no-append-time", nil)
+		msg.Metadata.Set(tiered.KeyDueAt, ms(start.Add(24*time.Hour)))
+		feed.feed <- msg
+		got := receive(t, ch)
+		require.Equal(t, maxDelay, time.Since(received))
+		got.Ack()
+	})
 }

@@ -30,7 +30,7 @@ func TestKafka_heldMessageDoesNotStallRebalance(t *testing.T) {
 		return nil
 	}
 	a := newHarness(t, b, topic, "billing", policy, fail)
-	tierGroup := "billing.retry." + tiered.FormatDelay(delay)
+	tierGroup := a.handler.Topics.Group(a.handler.Topics.Tiers[0])
 
 	msg := message.NewMessage(watermill.NewUUID(), []byte("order"))
 	a.publish(msg)
