@@ -14,8 +14,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/retry-kafka/retry-kafka/internal/kafkatest"
 	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
@@ -317,124 +315,6 @@ func TestKafka_forgedOriginOnMainTopicIsReplaced(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, int32(0), got.Partition)
 	require.Equal(t, int64(0), got.Offset)
-}
-
-// failingPublisher fails publishes to one topic until told to stop.
-type failingBackend struct {
-	tiered.Backend
-	topic string
-	fails *int32
-	mu    *sync.Mutex
-}
-
-func (f failingBackend) Publisher() message.Publisher { return failingPublisher(f) }
-
-type failingPublisher failingBackend
-
-func (f failingPublisher) Publish(topic string, msgs ...*message.Message) error {
-	f.mu.Lock()
-	if topic == f.topic && *f.fails > 0 {
-		*f.fails--
-		f.mu.Unlock()
-		return errors.New("injected publish failure")
-	}
-	f.mu.Unlock()
-	return f.Backend.Publisher().Publish(topic, msgs...)
-}
-
-func (failingPublisher) Close() error { return nil }
-
-// failProduce makes the embedded broker reject the next n produce requests
-// to topic with a non-retriable error.
-func failProduce(env kafkatest.Env, topic string, n int) {
-	var mu sync.Mutex
-	env.Cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		env.Cluster.KeepControl()
-		produce := req.(*kmsg.ProduceRequest)
-		mu.Lock()
-		defer mu.Unlock()
-		if n == 0 || len(produce.Topics) != 1 || produce.Topics[0].Topic != topic {
-			return nil, nil, false
-		}
-		n--
-		resp := produce.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range produce.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.PolicyViolation.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
-}
-
-// A failed publish to the tier or the dead-letter topic leaves the
-// original unacked: it comes back from the main topic until the publish
-// succeeds. On the embedded broker the produce requests themselves fail; on
-// a real broker a failing publisher wraps the backend's.
-func TestKafka_publishFailureLosesNothing(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		target func(tiered.Topics) string
-		policy tiered.Policy
-		fail   func(attempt int) error
-		// wantTopic is where the message is handled after the failures.
-		wantNext func(tiered.Topics) string
-	}{
-		{
-			name:     "tier",
-			target:   func(tp tiered.Topics) string { return tp.Tiers[0] },
-			policy:   fastPolicy,
-			fail:     func(attempt int) error { return map[bool]error{true: errors.New("transient")}[attempt <= 4] },
-			wantNext: func(tp tiered.Topics) string { return tp.Tiers[0] },
-		},
-		{
-			name:   "dlq",
-			target: func(tp tiered.Topics) string { return tp.DLQ },
-			policy: fastPolicy,
-			fail:   func(int) error { return tiered.Permanent(errors.New("card declined")) },
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			env := kafkatest.Start(t)
-			b := kafkatest.New(t, env.Config())
-			topic := kafkatest.Topic(t)
-			names, err := tc.policy.Topics(topic, "billing", nil)
-			require.NoError(t, err)
-
-			const failures = 3
-			var backend tiered.Backend = b
-			if env.Real() {
-				fails := int32(failures)
-				backend = failingBackend{Backend: b, topic: tc.target(names), fails: &fails, mu: &sync.Mutex{}}
-			} else {
-				failProduce(env, tc.target(names), failures)
-			}
-			h := newHarness(t, backend, topic, "billing", tc.policy, func(_ *message.Message, attempt int) error { return tc.fail(attempt) })
-			msg := message.NewMessage(watermill.NewUUID(), []byte("order"))
-			h.publish(msg)
-
-			want := []string{h.topic, h.topic, h.topic, h.topic}
-			if tc.wantNext != nil {
-				want = append(want, tc.wantNext(names))
-				require.Equal(t, want, topicsOf(h.waitCalls(len(want))))
-			} else {
-				dead := h.waitDead(1)
-				require.Equal(t, msg.UUID, dead[0].UUID)
-				calls, _ := h.snapshot()
-				require.Equal(t, want, topicsOf(calls), "the original is redelivered once per failed publish")
-			}
-			calls, _ := h.snapshot()
-			for _, c := range calls {
-				require.Equal(t, msg.UUID, c.uuid)
-			}
-		})
-	}
 }
 
 func TestKafka_prepareIsIdempotentAndCopiesPartitions(t *testing.T) {

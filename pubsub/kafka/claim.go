@@ -1,0 +1,414 @@
+package kafka
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/retry-kafka/retry-kafka/pubsub/kafka/internal/offsets"
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// claim is one partition of one session.
+//
+// Its goroutines: the caller's (ConsumeClaim) reads records and, on a
+// handler's own topic, waits for each Ack; on a tier, one goroutine per
+// message handed on waits for its Ack; a flusher marks the commit point
+// every AutoCommit.Interval. When the session ends or the partition is
+// taken away, ended closes: nothing new is handed on, and expired closes
+// DrainTimeout later. finish waits until every message handed on is acked
+// or nacked and every copy confirmed (or expired closed), then commits,
+// cancels the messages' contexts and waits for the claim's goroutines.
+type claim struct {
+	s          *subscriber
+	h          *groupHandler
+	sess       sarama.ConsumerGroupSession
+	topic      string
+	partition  int32
+	appendTime bool
+	tracker    *offsets.Tracker
+	fields     watermill.LogFields
+
+	// ctx is the parent of every message's context. It ends after the
+	// drain, not with the session, so that messages still being handled
+	// when a session ends can finish.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	endOnce  sync.Once
+	ended    chan struct{}
+	expired  chan struct{}
+	stopWait func() bool
+
+	mu          sync.Mutex
+	outstanding int // handed on, not yet acked or nacked
+	copying     int // copies being produced
+	changed     chan struct{}
+
+	goroutines sync.WaitGroup
+	marked     int64
+
+	// Tier topics: the in-flight message of each key.
+	keys map[string]chan struct{}
+}
+
+func (h *groupHandler) newClaim(sess sarama.ConsumerGroupSession, sc sarama.ConsumerGroupClaim) *claim {
+	c := &claim{
+		s:          h.s,
+		h:          h,
+		sess:       sess,
+		topic:      sc.Topic(),
+		partition:  sc.Partition(),
+		appendTime: h.appendTime,
+		tracker:    offsets.New(h.s.b.config.PartitionWindow),
+		fields:     h.fields.Add(watermill.LogFields{"partition": sc.Partition()}),
+		ended:      make(chan struct{}),
+		expired:    make(chan struct{}),
+		marked:     -1,
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.stopWait = context.AfterFunc(sess.Context(), c.end)
+	if h.s.tier {
+		c.keys = map[string]chan struct{}{}
+	}
+	c.goroutines.Add(1)
+	go c.flushEvery(h.s.config.Consumer.Offsets.AutoCommit.Interval)
+	return c
+}
+
+// end stops handing records on and starts the drain's clock.
+func (c *claim) end() {
+	c.endOnce.Do(func() {
+		close(c.ended)
+		time.AfterFunc(c.s.b.config.DrainTimeout, func() { close(c.expired) })
+	})
+}
+
+func (c *claim) over() bool {
+	select {
+	case <-c.ended:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *claim) isExpired() bool {
+	select {
+	case <-c.expired:
+		return true
+	default:
+		return false
+	}
+}
+
+// flushEvery marks the commit point every interval (and commits it when
+// the application turned Sarama's AutoCommit off) until the claim ends.
+func (c *claim) flushEvery(interval time.Duration) {
+	defer c.goroutines.Done()
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if c.flush(c.tracker.Settle()) && !c.s.config.Consumer.Offsets.AutoCommit.Enable {
+				c.sess.Commit()
+			}
+		case <-c.ended:
+			return
+		}
+	}
+}
+
+// flush marks commit when it moved; it reports whether it did.
+func (c *claim) flush(commit int64, ok bool) bool {
+	if !ok || commit <= c.marked {
+		return false
+	}
+	c.sess.MarkOffset(c.topic, c.partition, commit, "")
+	c.marked = commit
+	return true
+}
+
+// consume hands the claim's records on until the claim ends.
+func (c *claim) consume(records <-chan *sarama.ConsumerMessage) {
+	defer c.end()
+	for {
+		if !c.waitRoom() {
+			return
+		}
+		var cm *sarama.ConsumerMessage
+		var ok bool
+		select {
+		case cm, ok = <-records:
+			if !ok {
+				return
+			}
+		case <-c.ended:
+			return
+		}
+		rec := c.tracker.Add(cm.Offset)
+		msg, err := c.unmarshal(cm)
+		if err != nil {
+			c.undecodable(cm, rec, err)
+			continue
+		}
+		d := c.newDelivery(cm, msg)
+		d.rec = rec
+		if c.s.tier {
+			if !c.waitDue(d) || !c.handOnTier(d) {
+				return
+			}
+		} else if !c.handOn(d) {
+			return
+		}
+	}
+}
+
+// waitRoom waits until the window has room; false when the claim ended.
+func (c *claim) waitRoom() bool {
+	for !c.tracker.HasRoom() {
+		changed := c.tracker.Changed()
+		if c.tracker.HasRoom() {
+			break
+		}
+		select {
+		case <-changed:
+		case <-c.ended:
+			return false
+		}
+	}
+	return true
+}
+
+// handOn hands a handler's own topic's message on and waits until it is
+// acked: the partition's next message is handed on only then. A Nacked
+// message is handed on again after NackResendSleep. It returns false when
+// the claim ended.
+func (c *claim) handOn(d *delivery) bool {
+	msg := d.msg
+	for {
+		c.handedOn(1)
+		select {
+		case c.h.out <- msg:
+		case <-c.ended:
+			c.handedOn(-1)
+			return false
+		}
+		acked, again := c.awaitAck(d, msg)
+		if acked {
+			return true
+		}
+		if !again {
+			return false
+		}
+		msg = d.again()
+	}
+}
+
+// awaitAck waits for msg's Ack or Nack. acked tells it was acked; again
+// that it was nacked and must be handed on again (after the resend pause).
+// Once the claim ended, it waits until expired, and a Nack is not handed
+// on again.
+func (c *claim) awaitAck(d *delivery, msg *message.Message) (acked, again bool) {
+	defer c.handedOn(-1)
+	select {
+	case <-msg.Acked():
+		d.rec.Ack()
+		d.cancel()
+		return true, false
+	case <-msg.Nacked():
+		d.cancel()
+	case <-c.expired:
+		return false, false
+	}
+	if c.over() {
+		return false, false
+	}
+	t := time.NewTimer(c.s.b.config.NackResendSleep)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return false, !c.over()
+	case <-c.ended:
+		return false, false
+	}
+}
+
+// handedOn counts messages handed on and not yet acked or nacked.
+func (c *claim) handedOn(n int) {
+	c.mu.Lock()
+	c.outstanding += n
+	c.signalLocked()
+	c.mu.Unlock()
+}
+
+// copies counts copies being produced.
+func (c *claim) copies(n int) {
+	c.mu.Lock()
+	c.copying += n
+	c.signalLocked()
+	c.mu.Unlock()
+}
+
+func (c *claim) signalLocked() {
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
+}
+
+// busy reports whether messages are out or copies in flight, and returns a
+// channel closed at the next change.
+func (c *claim) busy() (bool, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.outstanding == 0 && c.copying == 0 {
+		return false, nil
+	}
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return true, c.changed
+}
+
+// waitDue waits until a tier record is due, as the holding subscriber
+// will judge it (tiered.Subscriber: the due time, clamped to the append
+// time, or the receipt, + the delay when it lies past it by more than the
+// slack), so that what this claim hands on is due and records behind the
+// head stay in Sarama's small buffer. The holding subscriber stays the
+// judge; this only keeps it from holding many. False when the claim ended.
+func (c *claim) waitDue(d *delivery) bool {
+	due, ok, err := tiered.DueAt(d.msg.Metadata)
+	if !ok || err != nil {
+		return true
+	}
+	now := time.Now()
+	base := now
+	if c.appendTime && !d.cm.Timestamp.IsZero() && d.cm.Timestamp.Before(now) {
+		base = d.cm.Timestamp
+	}
+	slack := time.Millisecond + c.s.delay/100
+	if limit := base.Add(c.s.delay + slack); due.After(limit) {
+		due = base.Add(c.s.delay)
+	}
+	wait := time.Until(due)
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			// Timers run on the monotonic clock, due times on the wall
+			// clock: wake up again if the wall clock is behind.
+			if wait := time.Until(due); wait > 0 {
+				t.Reset(wait)
+				continue
+			}
+			return true
+		case <-c.ended:
+			return false
+		}
+	}
+}
+
+// handOnTier hands a tier message on once the message before it with the
+// same key was acked, and waits for its Ack on a goroutine of its own, so
+// that due messages of different keys are handled concurrently. Records
+// without a key have no order to keep. False when the claim ended.
+func (c *claim) handOnTier(d *delivery) bool {
+	var key string
+	keyed := d.cm.Key != nil
+	if keyed {
+		key = string(d.cm.Key)
+		if prev, ok := c.keys[key]; ok {
+			select {
+			case <-prev:
+			case <-c.ended:
+				return false
+			}
+		}
+	}
+	c.handedOn(1)
+	select {
+	case c.h.out <- d.msg:
+	case <-c.ended:
+		c.handedOn(-1)
+		return false
+	}
+	var done chan struct{}
+	if keyed {
+		done = make(chan struct{})
+		// Forget keys whose message is done, so the map holds only
+		// in-flight keys (at most the window).
+		for k, ch := range c.keys {
+			select {
+			case <-ch:
+				delete(c.keys, k)
+			default:
+			}
+		}
+		c.keys[key] = done
+	}
+	c.goroutines.Add(1)
+	go func() {
+		defer c.goroutines.Done()
+		if done != nil {
+			defer close(done)
+		}
+		msg := d.msg
+		for {
+			acked, again := c.awaitAck(d, msg)
+			if acked || !again {
+				return
+			}
+			msg = d.again()
+			c.handedOn(1)
+			select {
+			case c.h.out <- msg:
+			case <-c.ended:
+				c.handedOn(-1)
+				return
+			}
+		}
+	}()
+	return true
+}
+
+// finish drains the claim (see claim), commits and cancels the messages'
+// contexts.
+func (c *claim) finish() {
+	c.end()
+	c.stopWait()
+	for {
+		busy, changed := c.busy()
+		if !busy {
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-c.expired:
+		}
+		break
+	}
+	if busy, _ := c.busy(); busy {
+		c.s.logger.Info("Kafka partition released with messages or copies unresolved; they are delivered again", c.fields.Add(watermill.LogFields{
+			"unresolved": c.tracker.Unresolved(), "drain_timeout": c.s.b.config.DrainTimeout.String(),
+		}))
+	}
+	c.cancel()
+	c.goroutines.Wait()
+	if c.flush(c.tracker.Close()) && !c.s.config.Consumer.Offsets.AutoCommit.Enable {
+		c.sess.Commit()
+	}
+}
