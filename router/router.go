@@ -188,7 +188,7 @@ func (w *Retrier) add(
 	}
 	var mainSub message.Subscriber
 	if main == nil {
-		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(topic), Topic: topic, DLQ: topics.DLQ})
+		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(topic), Handler: name, Topic: topic, DLQ: topics.DLQ})
 		if err != nil {
 			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, topic, err)
 		}
@@ -196,7 +196,7 @@ func (w *Retrier) add(
 	}
 	tierSubs := make([]message.Subscriber, len(topics.Tiers))
 	for i, tierTopic := range topics.Tiers {
-		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(tierTopic), Topic: tierTopic, Delay: topics.Delays[i], DLQ: topics.DLQ})
+		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(tierTopic), Handler: name, Topic: tierTopic, Delay: topics.Delays[i], DLQ: topics.DLQ})
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, tierTopic, err)

@@ -31,6 +31,11 @@ const (
 	// metaSentinel marks the messages of [rig.flush]: they fail on every
 	// attempt, in every handler.
 	metaSentinel = "test_sentinel"
+	// metaTooLarge marks a message whose copies the rig's publisher refuses
+	// as tiered.ErrUnpublishable while they carry a payload, like a broker
+	// refusing a record that grew too large with its retry metadata. A
+	// dead-letter stub (no payload) passes.
+	metaTooLarge = "test_too_large"
 )
 
 // waitFor bounds every wait for an outcome.
@@ -99,8 +104,9 @@ type rig struct {
 	policy  tiered.Policy
 	logger  *levelLogger
 
-	specs  []spec
-	topics map[string]tiered.Topics // by handler name
+	specs      []spec
+	middleware []message.HandlerMiddleware // router middleware, outside the retry middleware
+	topics     map[string]tiered.Topics    // by handler name
 
 	mu     sync.Mutex
 	calls  []call
@@ -135,6 +141,13 @@ func (r *rig) handle(name string, fn handlerFunc) *rig {
 	return r
 }
 
+// use adds router middleware to the routers the rig starts. Router
+// middleware runs outside the retry middleware of each handler.
+func (r *rig) use(m ...message.HandlerMiddleware) *rig {
+	r.middleware = append(r.middleware, m...)
+	return r
+}
+
 // start runs a router with every handler (and a reader of each handler's
 // dead-letter topic) and returns once it runs. It is closed when the test
 // ends, or by stop.
@@ -148,6 +161,7 @@ func (r *rig) start() {
 
 	wr, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, r.logger)
 	require.NoError(t, err)
+	wr.AddMiddleware(r.middleware...)
 	retrying, err := router.New(router.Config{Backend: r.backend, Policy: r.policy}, r.logger)
 	require.NoError(t, err)
 	for _, s := range r.specs {
@@ -459,6 +473,16 @@ func (p recordingPublisher) Publish(topic string, msgs ...*message.Message) erro
 		}
 		b.mu.Unlock()
 		return err
+	}
+	if b.retry[topic] {
+		for _, msg := range msgs {
+			if msg.Metadata.Get(metaTooLarge) != "" && len(msg.Payload) > 0 {
+				err := fmt.Errorf("record of %d bytes is too large: %w", len(msg.Payload), tiered.ErrUnpublishable)
+				b.pubs = append(b.pubs, publishRecord{topic: topic, uuid: msg.UUID, at: now, err: err})
+				b.mu.Unlock()
+				return err
+			}
+		}
 	}
 	b.mu.Unlock()
 	err := b.Backend.Publisher().Publish(topic, msgs...)

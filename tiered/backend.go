@@ -40,6 +40,11 @@ type SubscribeParams struct {
 	// its own and equal handler names on two topics share no group.
 	Group string
 
+	// Handler is the name of the handler the subscription is for, which a
+	// backend writes into what it dead-letters itself. Empty outside a
+	// handler.
+	Handler string
+
 	// Topic is the topic that will be subscribed to.
 	Topic string
 
