@@ -50,7 +50,7 @@ type call struct {
 	msg     *message.Message
 	uuid    string
 	topic   string    // consumed from
-	tier    int       // 0 on the main topic, i+1 on Topics.Tiers[i]
+	tier    int       // 0 on the main topic, i+1 on Topics.Tiers[i], -1 on a retired tier
 	attempt int       // 1 on the main topic, retry_attempt+1 on a tier
 	at      time.Time // wall clock, like due times
 	due     time.Time // the due time the message carried (zero on main)
@@ -107,6 +107,7 @@ type rig struct {
 	specs      []spec
 	middleware []message.HandlerMiddleware // router middleware, outside the retry middleware
 	topics     map[string]tiered.Topics    // by handler name
+	handlers   map[string]*router.Handler  // by handler name, of the running router
 
 	mu     sync.Mutex
 	calls  []call
@@ -125,13 +126,14 @@ func newRig(t *testing.T, b Backend, policy tiered.Policy) *rig {
 	t.Helper()
 	logger := newLevelLogger(t)
 	return &rig{
-		t:       t,
-		b:       b,
-		backend: &recordingBackend{Backend: b.New(t)},
-		topic:   uniqueTopic(t),
-		policy:  policy,
-		logger:  logger,
-		topics:  map[string]tiered.Topics{},
+		t:        t,
+		b:        b,
+		backend:  &recordingBackend{Backend: b.New(t)},
+		topic:    uniqueTopic(t),
+		policy:   policy,
+		logger:   logger,
+		topics:   map[string]tiered.Topics{},
+		handlers: map[string]*router.Handler{},
 	}
 }
 
@@ -169,6 +171,7 @@ func (r *rig) start() {
 		require.NoError(t, err)
 		r.mu.Lock()
 		r.topics[s.name] = h.Topics
+		r.handlers[s.name] = h
 		r.mu.Unlock()
 
 		reader := s.name + ".dlq-reader"
@@ -232,8 +235,11 @@ func (r *rig) record(s spec, run int) message.NoPublishHandlerFunc {
 		r.mu.Lock()
 		topics := r.topics[s.name]
 		r.mu.Unlock()
-		if i := slices.Index(topics.Tiers, c.topic); i >= 0 {
-			c.tier = i + 1
+		if c.topic != "" && c.topic != r.topic {
+			c.tier = slices.Index(topics.Tiers, c.topic) + 1 // 0 for a retired tier
+			if c.tier == 0 {
+				c.tier = -1
+			}
 			info, err := tiered.ReadInfo(msg.Metadata)
 			if err != nil {
 				c.attempt = -1
@@ -444,6 +450,24 @@ func (b *recordingBackend) Prepare(ctx context.Context, topics tiered.Topics) er
 }
 
 func (b *recordingBackend) Publisher() message.Publisher { return recordingPublisher{b} }
+
+// ListTopics and Lag pass the backend's tiered.Inspector through, so that
+// the router finds retired tiers behind the recording.
+func (b *recordingBackend) ListTopics(ctx context.Context, prefix string) ([]string, error) {
+	in, ok := b.Backend.(tiered.Inspector)
+	if !ok {
+		return nil, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
+	}
+	return in.ListTopics(ctx, prefix)
+}
+
+func (b *recordingBackend) Lag(ctx context.Context, topic, group string) (int64, error) {
+	in, ok := b.Backend.(tiered.Inspector)
+	if !ok {
+		return 0, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
+	}
+	return in.Lag(ctx, topic, group)
+}
 
 // published returns what was published so far.
 func (b *recordingBackend) published() []publishRecord {

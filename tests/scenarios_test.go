@@ -755,3 +755,69 @@ func TestRetry_forgedDueTimesCannotStack(t *testing.T) {
 		require.Less(t, late, 3*delay, "the forged due times stacked")
 	})
 }
+
+// Changing the policy never strands messages: messages waiting in a 10s
+// tier when the handler restarts with tiers of 5s and 20s are found in the
+// retired tier, handled once, not early, and their next failure follows the
+// new tiers. The retired tier's handler stops once it is drained.
+func TestRetry_retiredTierIsDrainedAfterAPolicyChange(t *testing.T) {
+	old := tiered.Policy{Delays: []time.Duration{10 * time.Second}, MaxAttempts: 3}
+	current := tiered.Policy{Delays: []time.Duration{5 * time.Second, 20 * time.Second}, MaxAttempts: 3}
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		r := newRig(t, b, old).handle("billing", planned)
+		if _, ok := r.backend.Backend.(tiered.Inspector); !ok {
+			t.Logf("%s cannot inspect its topics: it cannot find retired tiers", b.Name)
+			return
+		}
+		r.start()
+		oldTier := r.handlerTopics("billing").Tiers[0]
+		var ids []string
+		for i := range 6 {
+			msg := newMsg(keys[i%3], 2) // fails on main and in the old tier, then succeeds
+			ids = append(ids, msg.UUID)
+			r.publish(msg)
+		}
+		r.waitUntil("every message in the 10s tier", func([]call, []deadLetter) bool {
+			n := 0
+			for _, p := range r.backend.published() {
+				if p.topic == oldTier && p.err == nil {
+					n++
+				}
+			}
+			return n == len(ids)
+		})
+		r.stop()
+
+		r.policy = current
+		r.start()
+		r.waitOutcomes("billing", ids)
+
+		calls, dead := r.snapshot()
+		newTiers := r.handlerTopics("billing").Tiers
+		for _, id := range ids {
+			cs := callsOf(calls, "billing", id)
+			var topics []string
+			for _, c := range cs {
+				topics = append(topics, c.topic)
+				if !c.due.IsZero() {
+					require.False(t, c.at.Before(c.due), "message %s handled from %s at %v, before its due time %v", id, c.topic, c.at, c.due)
+				}
+			}
+			require.Equal(t, []string{r.topic, oldTier, newTiers[1]}, topics,
+				"message %s: main, the retired 10s tier, then the new tier of attempt 3 (20s)", id)
+			require.Zero(t, outcomes("billing", calls, dead)[id].dead)
+		}
+		for _, c := range calls {
+			require.NotEqual(t, 1, c.tier, "nothing went to the new 5s tier, which only attempt 2 reaches")
+		}
+		r.mu.Lock()
+		h := r.handlers["billing"]
+		r.mu.Unlock()
+		require.Len(t, h.Retired, 1, "one retired tier found")
+		select {
+		case <-h.Retired[0].Stopped():
+		case <-time.After(waitFor):
+			t.Fatalf("the retired tier's handler still runs %v after its tier was drained", waitFor)
+		}
+	})
+}

@@ -64,7 +64,9 @@ type SubscribeParams struct {
 // tells how far a consumer group is behind on one. The router uses it to
 // find a handler's retired tiers (tier topics of an earlier policy that
 // still hold messages) and the dlq package to discover the topology.
-// Backends that cannot inspect (the in-memory one) do not implement it.
+// Backends that cannot inspect (the in-memory one) do not implement it; a
+// wrapper around such a backend returns an error wrapping
+// errors.ErrUnsupported.
 type Inspector interface {
 	// ListTopics returns, sorted, the names of the topics (Redis: stream
 	// keys) that start with prefix; "" lists them all.
