@@ -32,6 +32,8 @@ type Backend struct {
 	admin       sarama.ClusterAdmin
 	appendTimes map[string]bool // tier topic: whether its timestamps are LogAppendTime
 	closed      bool
+
+	inspect inspector // ListTopics and Lag (inspect.go)
 }
 
 var _ tiered.Backend = (*Backend)(nil)
@@ -135,7 +137,7 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	return errors.Join(b.producer.close(), b.client.Close())
+	return errors.Join(b.inspect.close(), b.producer.close(), b.client.Close())
 }
 
 // Brokers returns the bootstrap addresses the backend uses.

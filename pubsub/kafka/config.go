@@ -217,6 +217,16 @@ func (c Config) producerConfig() *sarama.Config {
 	return &s
 }
 
+// saramaConfig is a config for tools that talk to the same cluster (see
+// [Backend.SaramaConfig]): the producer's, with new groups starting at the
+// oldest offset.
+func (c Config) saramaConfig() *sarama.Config {
+	s := c.producerConfig()
+	s.Consumer.Offsets.Initial = sarama.OffsetOldest
+	s.Consumer.Return.Errors = true
+	return s
+}
+
 // embeddedHost is the host of kafka://embedded, which package
 // pubsub/embedded serves.
 const embeddedHost = "embedded"

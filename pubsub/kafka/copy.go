@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -108,8 +107,12 @@ func (j *copyJob) produced(err error) {
 	switch {
 	case unpublishable && !j.stub && j.c.s.dlq != "":
 		j.c.s.logger.Error("Copy can never be published; sending a dead-letter stub without its payload instead", err, j.fields())
-		reason := fmt.Errorf("its copy to %s cannot be published: %w", j.topic, err)
-		j.msg, j.topic, j.stub, j.tries, j.logged = deadLetterStub(j.msg, j.c.topic, reason), j.c.s.dlq, true, 0, false
+		stub := tiered.DeadLetterStub(j.msg, fmt.Sprintf("the copy for %s cannot be published: %v", j.topic, err))
+		if stub.Metadata.Get(wmiddleware.PoisonedTopicKey) == "" {
+			stub.Metadata.Set(wmiddleware.PoisonedTopicKey, j.c.topic)
+			stub.Metadata.Set(wmiddleware.PoisonedHandlerKey, j.msg.Metadata.Get(tiered.KeyHandler))
+		}
+		j.msg, j.topic, j.stub, j.tries, j.logged = stub, j.c.s.dlq, true, 0, false
 		go j.start()
 		return
 	case unpublishable:
@@ -164,36 +167,13 @@ func (c *claim) undecodable(cm *sarama.ConsumerMessage, rec *offsets.Record, cau
 	tiered.ClearOrigin(msg.Metadata)
 	now := time.Now()
 	reason := fmt.Sprintf("record at %s/%d/%d cannot be unmarshalled: %v", cm.Topic, cm.Partition, cm.Offset, cause)
-	tiered.Info{Attempt: 1, OriginalTopic: cm.Topic, Handler: c.s.handler(), FirstFailure: now, LastFailure: now, LastError: reason}.Write(msg.Metadata)
+	tiered.Info{Attempt: 1, OriginalTopic: cm.Topic, Handler: c.s.params.Handler, FirstFailure: now, LastFailure: now, LastError: reason}.Write(msg.Metadata)
 	writeOrigin(msg.Metadata, originOf(cm))
 	msg.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason, tiered.MaxErrorBytes))
 	msg.Metadata.Set(wmiddleware.PoisonedTopicKey, cm.Topic)
-	msg.Metadata.Set(wmiddleware.PoisonedHandlerKey, c.s.handler())
+	msg.Metadata.Set(wmiddleware.PoisonedHandlerKey, c.s.params.Handler)
 	rec.Attach()
 	c.copies(1)
 	(&copyJob{c: c, rec: rec, topic: c.s.dlq, msg: msg}).start()
 	rec.Ack()
-}
-
-// deadLetterStub is the dead-letter message that replaces a copy that can
-// never be published: the same UUID, no payload and no user metadata
-// (either may be what does not fit), the retry and origin metadata (so the
-// original can be fetched again from its coordinates), and a reason that
-// says so.
-func deadLetterStub(msg *message.Message, consumedTopic string, cause error) *message.Message {
-	stub := message.NewMessage(msg.UUID, nil)
-	stub.SetContext(msg.Context())
-	for k, v := range msg.Metadata {
-		if strings.HasPrefix(k, "retry_") {
-			stub.Metadata.Set(k, tiered.Truncate(v, tiered.MaxErrorBytes))
-		}
-	}
-	delete(stub.Metadata, tiered.KeyDueAt)
-	stub.Metadata.Set(tiered.KeyTier, "0")
-	reason := fmt.Sprintf("%v; the payload (%d bytes) and user metadata were dropped, the original record is at the retry_kafka_* coordinates", cause, len(msg.Payload))
-	stub.Metadata.Set(tiered.KeyLastError, tiered.Truncate(reason, tiered.MaxErrorBytes))
-	stub.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason, tiered.MaxErrorBytes))
-	stub.Metadata.Set(wmiddleware.PoisonedTopicKey, consumedTopic)
-	stub.Metadata.Set(wmiddleware.PoisonedHandlerKey, msg.Metadata.Get(tiered.KeyHandler))
-	return stub
 }

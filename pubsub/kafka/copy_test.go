@@ -141,7 +141,7 @@ func TestKafka_unpublishableCopyBecomesADeadLetterStub(t *testing.T) {
 			require.Equal(t, big.UUID, dead.UUID)
 			require.Empty(t, dead.Payload, "the payload is dropped")
 			require.Contains(t, dead.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "cannot be published")
-			require.Contains(t, dead.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "payload ("+strconv.Itoa(tc.payload)+" bytes)")
+			require.Contains(t, dead.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "payload of "+strconv.Itoa(tc.payload)+" bytes")
 			origin, ok := kafka.ReadOrigin(dead)
 			require.True(t, ok, "the original's coordinates are kept")
 			require.Equal(t, int64(0), origin.Offset)

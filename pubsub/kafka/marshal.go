@@ -11,23 +11,11 @@ import (
 // marshaler writes messages as watermill-kafka's DefaultMarshaler does and
 // sets the record key: the original key a tier or dead-letter copy
 // carries (tiered.KeyKafkaKey), else the configured PartitionKey.
-//
-// A copy's first hop (it carries retry metadata but no origin yet) that
-// was made from a message this backend consumed from a handler's own
-// topic gets that record's origin here, when the retry middleware did not
-// write it with tiered.Delivery.WriteOrigin.
 type marshaler struct {
 	partitionKey wkafka.GeneratePartitionKey
 }
 
 func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	if _, retry := msg.Metadata[tiered.KeyAttempt]; retry {
-		if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
-			if d := deliveryOf(msg.Context()); d != nil && !d.c.s.tier {
-				d.writeOrigin(msg.Metadata)
-			}
-		}
-	}
 	rec, err := wkafka.DefaultMarshaler{}.Marshal(topic, msg)
 	if err != nil {
 		return nil, err

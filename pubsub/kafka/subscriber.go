@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -179,15 +178,6 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 		s.logger.Error("Kafka consume failed, joining again", err, fields)
 		sleep(ctx, time.Second)
 	}
-}
-
-// handler is the name of the subscription's handler, as far as its group
-// tells ("{topic}.{handler}", see tiered.Topics.Group), else "".
-func (s *subscriber) handler() string {
-	if h, ok := strings.CutPrefix(s.params.Group, s.params.Topic+"."); ok && !s.tier {
-		return h
-	}
-	return ""
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.
