@@ -63,7 +63,8 @@ type Config struct {
 	// Unmarshaler turns a main topic's records into messages, like
 	// watermill-kafka's SubscriberConfig.Unmarshaler. A record it cannot
 	// unmarshal is sent to the handler's dead-letter topic, raw, with the
-	// reason. A message it returns without a UUID gets one derived from
+	// reason (a record this library wrote, read back from a dead-letter
+	// topic, is read with the DefaultMarshaler instead). A message it returns without a UUID gets one derived from
 	// where the record was first consumed (tiered.OriginUUID("kafka",
 	// topic, partition, offset)), kept on every hop. Tier and dead-letter
 	// topics, which this library writes, are always read with

@@ -37,16 +37,23 @@ type harness struct {
 	handler *router.Handler
 	router  *message.Router
 
+	stop func()
+
 	mu    sync.Mutex
 	calls []call
 	dead  []*message.Message
 }
 
-func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy tiered.Policy, fn func(msg *message.Message, attempt int) error) *harness {
+// newHarness starts the router; setup functions run on it before the
+// handler is added (router-level middleware, say).
+func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy tiered.Policy, fn func(msg *message.Message, attempt int) error, setup ...func(*message.Router)) *harness {
 	t.Helper()
 	h := &harness{t: t, backend: backend, topic: topic}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 	require.NoError(t, err)
+	for _, f := range setup {
+		f(r)
+	}
 	retrying, err := router.New(router.Config{Backend: backend, Policy: policy}, nil)
 	require.NoError(t, err)
 	attempts := map[string]int{}
@@ -60,7 +67,7 @@ func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy
 		return fn(msg, n)
 	})
 	require.NoError(t, err)
-	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: name + ".dlq-reader", Topic: h.handler.Topics.DLQ})
+	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: h.handler.Topics.DLQ + ".reader", Topic: h.handler.Topics.DLQ})
 	require.NoError(t, err)
 	r.AddConsumerHandler(name+".dlq-reader", h.handler.Topics.DLQ, dlqSub, func(msg *message.Message) error {
 		h.mu.Lock()
@@ -80,11 +87,15 @@ func (h *harness) run() {
 		defer close(done)
 		_ = h.router.Run(ctx)
 	}()
-	h.t.Cleanup(func() {
-		_ = h.router.Close()
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			_ = h.router.Close()
+			cancel()
+			<-done
+		})
+	}
+	h.t.Cleanup(h.stop)
 	select {
 	case <-h.router.Running():
 	case <-time.After(30 * time.Second):

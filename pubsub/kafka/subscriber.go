@@ -211,14 +211,34 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, sc sarama.
 	return nil
 }
 
-// unmarshal makes a message of a record: with the configured Unmarshaler
-// on a handler's own topic, with watermill-kafka's DefaultMarshaler on the
-// tier topics this library writes.
+// unmarshal makes a message of a record: with watermill-kafka's
+// DefaultMarshaler on the tier topics this library writes, else with the
+// configured Unmarshaler, or, when that fails on a record this library
+// wrote (a dead-letter topic read back), with the DefaultMarshaler.
 func (c *claim) unmarshal(cm *sarama.ConsumerMessage) (*message.Message, error) {
 	if c.s.tier {
 		return wkafka.DefaultMarshaler{}.Unmarshal(cm)
 	}
-	return c.s.b.config.Unmarshaler.Unmarshal(cm)
+	msg, err := c.s.b.config.Unmarshaler.Unmarshal(cm)
+	if err != nil && writtenByUs(cm) {
+		return wkafka.DefaultMarshaler{}.Unmarshal(cm)
+	}
+	return msg, err
+}
+
+// writtenByUs reports whether cm carries a Watermill UUID and retry
+// metadata, as the copies this library writes do.
+func writtenByUs(cm *sarama.ConsumerMessage) bool {
+	var uuid, retry bool
+	for _, h := range cm.Headers {
+		switch string(h.Key) {
+		case wkafka.UUIDHeaderKey:
+			uuid = true
+		case tiered.KeyAttempt:
+			retry = true
+		}
+	}
+	return uuid && retry
 }
 
 // await runs f and returns what it returns, or ctx's error wrapped in
