@@ -63,9 +63,7 @@ func TestKafka_temporaryCopyFailureRetriesTheProduceNotTheHandler(t *testing.T) 
 	require.Len(t, calls, 2, "a failing produce must not run the handler again")
 
 	stop()
-	calls = h.waitCalls(3)
-	require.Equal(t, a.UUID, calls[2].uuid)
-	require.Equal(t, topics.Tiers[0], calls[2].topic)
+	h.waitTierCall(a.UUID, topics.Tiers[0])
 	require.Eventually(t, func() bool { return committed(t, env.Brokers, group, topic) == 2 }, 30*time.Second, 50*time.Millisecond,
 		"once the copy is confirmed the partition is committed past both records")
 	calls, _ = h.snapshot()

@@ -134,6 +134,20 @@ func (h *harness) waitCalls(n int) []call {
 	return calls
 }
 
+// waitTierCall waits until the message uuid was handled from tier.
+func (h *harness) waitTierCall(uuid, tier string) {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool {
+		calls, _ := h.snapshot()
+		for _, c := range calls {
+			if c.uuid == uuid && c.topic == tier {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 20*time.Millisecond, "waiting for %s on %s", uuid, tier)
+}
+
 func topicsOf(calls []call) []string {
 	var out []string
 	for _, c := range calls {
