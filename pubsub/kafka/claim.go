@@ -140,18 +140,36 @@ func (c *claim) flush(commit int64, ok bool) bool {
 // consume hands the claim's records on until the claim ends.
 func (c *claim) consume(records <-chan *sarama.ConsumerMessage) {
 	defer c.end()
+	read := func() (*sarama.ConsumerMessage, bool) {
+		select {
+		case cm, ok := <-records:
+			return cm, ok
+		case <-c.ended:
+			return nil, false
+		}
+	}
+	next := read
+	if c.s.tier {
+		q := newRecordQueue(tierQueueBytes)
+		c.goroutines.Add(1)
+		go func() {
+			defer c.goroutines.Done()
+			defer q.close()
+			for {
+				cm, ok := read()
+				if !ok || !q.push(cm, c.ended) {
+					return
+				}
+			}
+		}()
+		next = func() (*sarama.ConsumerMessage, bool) { return q.pop(c.ended) }
+	}
 	for {
 		if !c.waitRoom() {
 			return
 		}
-		var cm *sarama.ConsumerMessage
-		var ok bool
-		select {
-		case cm, ok = <-records:
-			if !ok {
-				return
-			}
-		case <-c.ended:
+		cm, ok := next()
+		if !ok {
 			return
 		}
 		rec := c.tracker.Add(cm.Offset)

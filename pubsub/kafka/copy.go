@@ -49,7 +49,7 @@ func (d *delivery) copyAsync(topic string, msg *message.Message) bool {
 		return false
 	}
 	d.c.copies(1)
-	(&copyJob{c: d.c, rec: d.rec, topic: topic, msg: msg}).start()
+	(&copyJob{c: d.c, rec: d.rec, topic: topic, msg: msg}).queue()
 	return true
 }
 
@@ -72,22 +72,28 @@ type copyJob struct {
 	logged bool
 }
 
-func (j *copyJob) start() {
-	pm, err := j.c.s.b.producer.marshal.Marshal(j.topic, j.msg)
-	if err != nil {
-		j.produced(fmt.Errorf("%w: marshal for %s: %w", tiered.ErrUnpublishable, j.topic, err))
-		return
-	}
-	j.pm = pm
-	j.send()
-}
-
-func (j *copyJob) send() {
-	pm := *j.pm // Sarama keeps state in a ProducerMessage: send a fresh one each time
-	pm.Metadata = j
-	if err := j.c.s.b.producer.send(&pm); err != nil {
+// queue hands the job to the producer's copy goroutine (produce).
+func (j *copyJob) queue() {
+	if err := j.c.s.b.producer.enqueue(j); err != nil {
 		j.giveUp(err)
 	}
+}
+
+// produce runs on the producer's copy goroutine: it marshals the copy (once)
+// and hands it to Sarama.
+func (j *copyJob) produce() {
+	p := j.c.s.b.producer
+	if j.pm == nil {
+		pm, err := p.marshal.Marshal(j.topic, j.msg)
+		if err != nil {
+			j.produced(fmt.Errorf("%w: marshal for %s: %w", tiered.ErrUnpublishable, j.topic, err))
+			return
+		}
+		j.pm = pm
+	}
+	pm := *j.pm // Sarama keeps state in a ProducerMessage: send a fresh one each time
+	pm.Metadata = j
+	p.ap.Input() <- &pm
 }
 
 func (j *copyJob) fields() watermill.LogFields {
@@ -112,8 +118,8 @@ func (j *copyJob) produced(err error) {
 			stub.Metadata.Set(wmiddleware.PoisonedTopicKey, j.c.topic)
 			stub.Metadata.Set(wmiddleware.PoisonedHandlerKey, j.msg.Metadata.Get(tiered.KeyHandler))
 		}
-		j.msg, j.topic, j.stub, j.tries, j.logged = stub, j.c.s.dlq, true, 0, false
-		go j.start()
+		j.msg, j.pm, j.topic, j.stub, j.tries, j.logged = stub, nil, j.c.s.dlq, true, 0, false
+		go j.queue() // not on Sarama's result goroutines: queueing may wait
 		return
 	case unpublishable:
 		if !j.logged {
@@ -135,7 +141,7 @@ func (j *copyJob) produced(err error) {
 			j.giveUp(err)
 			return
 		}
-		j.send()
+		j.queue()
 	})
 }
 
@@ -174,6 +180,6 @@ func (c *claim) undecodable(cm *sarama.ConsumerMessage, rec *offsets.Record, cau
 	msg.Metadata.Set(wmiddleware.PoisonedHandlerKey, c.s.params.Handler)
 	rec.Attach()
 	c.copies(1)
-	(&copyJob{c: c, rec: rec, topic: c.s.dlq, msg: msg}).start()
+	(&copyJob{c: c, rec: rec, topic: c.s.dlq, msg: msg}).queue()
 	rec.Ack()
 }

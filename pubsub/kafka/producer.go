@@ -18,19 +18,29 @@ import (
 // see copy.go). Records queued while a request is in flight go out
 // together in the next one, so copies are batched by themselves.
 //
-// Each record carries an outcome in ProducerMessage.Metadata; two
-// goroutines read Sarama's successes and errors and report them to it.
-// Close stops new records, lets Sarama flush what it holds, and returns
-// when both goroutines have ended.
+// Copies are queued (enqueue) and marshalled and handed to Sarama by one
+// goroutine, in the order they were queued, so that the handler's
+// goroutine, on which the partition waits, only queues them. Each record
+// carries an outcome in ProducerMessage.Metadata; two goroutines read
+// Sarama's successes and errors and report them to it. Close stops new
+// records and copies, hands Sarama the copies queued, lets it flush what
+// it holds, and returns when every goroutine has ended.
 type producer struct {
 	ap      sarama.AsyncProducer
 	marshal marshaler
 	logger  watermill.LoggerAdapter
 
-	mu     sync.RWMutex // held for reading while records are handed to Sarama
+	mu     sync.RWMutex // held for reading while records or copies are queued
 	closed bool
-	loops  sync.WaitGroup
+	copies chan *copyJob
+	worker sync.WaitGroup // the copy goroutine
+	loops  sync.WaitGroup // the goroutines reading Sarama's results
 }
+
+// copyQueue is the length of the producer's copy queue. A full queue
+// makes the handler that publishes a copy wait (each partition has at most
+// PartitionWindow copies unresolved anyway).
+const copyQueue = 4096
 
 // outcome learns how producing one record ended: err is nil once every
 // in-sync replica has it, else classified by [classify].
@@ -43,7 +53,14 @@ func newProducer(client sarama.Client, m marshaler, logger watermill.LoggerAdapt
 	if err != nil {
 		return nil, err
 	}
-	p := &producer{ap: ap, marshal: m, logger: logger}
+	p := &producer{ap: ap, marshal: m, logger: logger, copies: make(chan *copyJob, copyQueue)}
+	p.worker.Add(1)
+	go func() {
+		defer p.worker.Done()
+		for j := range p.copies {
+			j.produce()
+		}
+	}()
 	p.loops.Add(2)
 	go func() {
 		defer p.loops.Done()
@@ -77,6 +94,20 @@ func (p *producer) send(pms ...*sarama.ProducerMessage) error {
 	for _, pm := range pms {
 		p.ap.Input() <- pm
 	}
+	return nil
+}
+
+// enqueue queues a copy to produce; it returns [ErrClosed] after Close.
+// It must not be called from the goroutines that read Sarama's results
+// (it may wait for the queue, which waits for Sarama, which waits for
+// them).
+func (p *producer) enqueue(j *copyJob) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrClosed
+	}
+	p.copies <- j
 	return nil
 }
 
@@ -122,7 +153,9 @@ func (p *producer) close() error {
 		return nil
 	}
 	p.closed = true
+	close(p.copies)
 	p.mu.Unlock()
+	p.worker.Wait() // it hands Sarama what is queued; then Sarama flushes
 	p.ap.AsyncClose()
 	p.loops.Wait()
 	return nil

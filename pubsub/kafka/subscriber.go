@@ -15,14 +15,17 @@ import (
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
-// Tier clients fetch little: a tier consumer only ever needs the record at
-// the head of each partition, and a record behind the head may wait a whole
-// delay. A tier partition holds at most tierChannelBuffer records in
-// Sarama's channel, plus one fetch (tierFetchBytes, or the one batch that
-// does not fit), plus the head.
+// Tier clients fetch little: a tier consumer only needs the record at the
+// head of each partition, and the records behind it may wait a whole delay.
+// A tier partition holds at most tierChannelBuffer records in Sarama's
+// channel, one fetch (tierFetchBytes, or the one batch that is larger), and
+// tierQueueBytes of records (at least one) in the claim's read-ahead, which
+// keeps Sarama from pausing the partition while the head waits (see
+// recordQueue).
 const (
-	tierChannelBuffer = 16
+	tierChannelBuffer = 4
 	tierFetchBytes    = 64 << 10
+	tierQueueBytes    = 1 << 20
 )
 
 // subscriber consumes one topic per Subscribe in a consumer group, for a
