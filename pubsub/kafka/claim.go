@@ -50,6 +50,7 @@ type claim struct {
 	changed     chan struct{}
 
 	goroutines sync.WaitGroup
+	flushMu    sync.Mutex
 	marked     int64
 
 	// Tier topics: the in-flight message of each key.
@@ -127,8 +128,11 @@ func (c *claim) flushEvery(interval time.Duration) {
 	}
 }
 
-// flush marks commit when it moved; it reports whether it did.
+// flush marks commit when it moved; it reports whether it did. It runs on
+// the flusher, then (once it ended) in finish.
 func (c *claim) flush(commit int64, ok bool) bool {
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
 	if !ok || commit <= c.marked {
 		return false
 	}
