@@ -53,8 +53,8 @@ type claim struct {
 	flushMu    sync.Mutex
 	marked     int64
 
-	// Tier topics: the in-flight message of each key.
-	keys map[string]chan struct{}
+	// Tier topics: the lane of each key with a message in flight (under mu).
+	keys map[string]*keyLane
 }
 
 func (h *groupHandler) newClaim(sess sarama.ConsumerGroupSession, sc sarama.ConsumerGroupClaim) *claim {
@@ -74,7 +74,7 @@ func (h *groupHandler) newClaim(sess sarama.ConsumerGroupSession, sc sarama.Cons
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.stopWait = context.AfterFunc(sess.Context(), c.end)
 	if h.s.tier {
-		c.keys = map[string]chan struct{}{}
+		c.keys = map[string]*keyLane{}
 	}
 	c.goroutines.Add(1)
 	go c.flushEvery(h.s.config.Consumer.Offsets.AutoCommit.Interval)
@@ -343,67 +343,84 @@ func (c *claim) waitDue(d *delivery) bool {
 	}
 }
 
-// handOnTier hands a tier message on once the message before it with the
-// same key was acked, and waits for its Ack on a goroutine of its own, so
-// that due messages of different keys are handled concurrently. Records
-// without a key have no order to keep. False when the claim ended.
+// handOnTier hands a due tier message on, and waits for its Ack on a
+// goroutine of its own, so that due messages are handled concurrently:
+// across keys, and in order within a key. A message whose key has a
+// message in flight waits in its key's lane and is handed on, by that
+// goroutine, once the one before was acked. Records without a key have no
+// order to keep. False when the claim ended.
 func (c *claim) handOnTier(d *delivery) bool {
-	var key string
-	keyed := d.cm.Key != nil
-	if keyed {
-		key = string(d.cm.Key)
-		if prev, ok := c.keys[key]; ok {
-			select {
-			case <-prev:
-			case <-c.ended:
-				return false
-			}
-		}
-	}
-	c.handedOn(1)
-	select {
-	case c.h.out <- d.msg:
-	case <-c.ended:
-		c.handedOn(-1)
+	if c.over() {
 		return false
 	}
-	var done chan struct{}
-	if keyed {
-		done = make(chan struct{})
-		// Forget keys whose message is done, so the map holds only
-		// in-flight keys (at most the window).
-		for k, ch := range c.keys {
-			select {
-			case <-ch:
-				delete(c.keys, k)
-			default:
-			}
+	var lane *keyLane
+	if d.cm.Key != nil {
+		key := string(d.cm.Key)
+		c.mu.Lock()
+		lane = c.keys[key]
+		if lane != nil {
+			lane.pending = append(lane.pending, d)
+			c.mu.Unlock()
+			return true
 		}
-		c.keys[key] = done
+		lane = &keyLane{key: key}
+		c.keys[key] = lane
+		c.mu.Unlock()
 	}
 	c.goroutines.Add(1)
 	go func() {
 		defer c.goroutines.Done()
-		if done != nil {
-			defer close(done)
-		}
-		msg := d.msg
-		for {
-			acked, again := c.awaitAck(d, msg)
-			if acked || !again {
-				return
-			}
-			msg = d.again()
-			c.handedOn(1)
-			select {
-			case c.h.out <- msg:
-			case <-c.ended:
-				c.handedOn(-1)
-				return
-			}
+		for d != nil {
+			c.deliverTier(d)
+			d = c.nextInLane(lane)
 		}
 	}()
 	return true
+}
+
+// keyLane is the in-flight message of one key on a tier claim, and the
+// due messages of that key waiting behind it.
+type keyLane struct {
+	key     string
+	pending []*delivery
+}
+
+// nextInLane returns the next message of lane, or nil (and forgets the
+// lane) when there is none or the claim ended.
+func (c *claim) nextInLane(lane *keyLane) *delivery {
+	if lane == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(lane.pending) == 0 || c.over() {
+		delete(c.keys, lane.key)
+		return nil
+	}
+	d := lane.pending[0]
+	lane.pending[0] = nil
+	lane.pending = lane.pending[1:]
+	return d
+}
+
+// deliverTier hands d's message on until it is acked, nacked for the last
+// time, or the claim lets it go.
+func (c *claim) deliverTier(d *delivery) {
+	msg := d.msg
+	for {
+		c.handedOn(1)
+		select {
+		case c.h.out <- msg:
+		case <-c.ended:
+			c.handedOn(-1)
+			return
+		}
+		acked, again := c.awaitAck(d, msg)
+		if acked || !again {
+			return
+		}
+		msg = d.again()
+	}
 }
 
 // finish drains the claim (see claim), commits and cancels the messages'

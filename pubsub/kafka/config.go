@@ -106,6 +106,8 @@ type Config struct {
 // DefaultPartitionWindow is the default of [Config.PartitionWindow].
 const DefaultPartitionWindow = 256
 
+const defaultDrainTimeout = 10 * time.Second
+
 func (c *Config) setDefaults() {
 	if c.Sarama == nil {
 		c.Sarama = DefaultSaramaConfig()
@@ -123,7 +125,7 @@ func (c *Config) setDefaults() {
 		c.PartitionWindow = DefaultPartitionWindow
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 10 * time.Second
+		c.DrainTimeout = defaultDrainTimeout
 	}
 	if c.NackResendSleep == 0 {
 		c.NackResendSleep = 500 * time.Millisecond
@@ -163,6 +165,16 @@ func (c Config) Validate() error {
 		if err := c.Sarama.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("Sarama: %w", err))
 		}
+	}
+	drain, rebalance := c.DrainTimeout, DefaultSaramaConfig().Consumer.Group.Rebalance.Timeout
+	if drain == 0 {
+		drain = defaultDrainTimeout
+	}
+	if c.Sarama != nil {
+		rebalance = c.Sarama.Consumer.Group.Rebalance.Timeout
+	}
+	if drain >= rebalance {
+		errs = append(errs, fmt.Errorf("DrainTimeout (%v) must be below Sarama's Consumer.Group.Rebalance.Timeout (%v): a consumer draining its partitions in a rebalance would be dropped from its group", drain, rebalance))
 	}
 	return errors.Join(errs...)
 }

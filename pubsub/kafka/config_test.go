@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -67,6 +68,7 @@ func TestNew_invalidConfig(t *testing.T) {
 		"bad window":      {kafka.Config{Brokers: []string{"h:1"}, PartitionWindow: -1}, "PartitionWindow"},
 		"bad drain":       {kafka.Config{Brokers: []string{"h:1"}, DrainTimeout: -1}, "DrainTimeout"},
 		"embedded":        {kafka.Config{Brokers: []string{"embedded"}}, "pubsub/embedded"},
+		"drain too long":  {kafka.Config{Brokers: []string{"h:1"}, DrainTimeout: time.Minute}, "must be below Sarama's Consumer.Group.Rebalance.Timeout"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := kafka.New(context.Background(), tc.config, nil)

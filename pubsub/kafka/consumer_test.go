@@ -307,3 +307,54 @@ func TestKafka_earlyAckStillHoldsTheOffsetForTheCopy(t *testing.T) {
 	h.waitTierCall(msg.UUID, topics.Tiers[0])
 	require.Eventually(t, func() bool { return committed(t, env.Brokers, topics.Group(topic), topic) == 2 }, 30*time.Second, 50*time.Millisecond)
 }
+
+// Due tier messages are handed on concurrently across keys and in order
+// within a key: while the handler holds one key's message, another key's
+// message behind it on the same partition is handled, and the first key's
+// next message waits.
+func TestKafka_tierHandsOnConcurrentlyAcrossKeysInOrderWithinAKey(t *testing.T) {
+	env := kafkatest.Start(t)
+	cfg := env.Config()
+	cfg.PartitionKey = func(_ string, msg *message.Message) (string, error) { return msg.Metadata.Get("customer"), nil }
+	b := kafkatest.New(t, cfg)
+	topic := kafkatest.Topic(t)
+	policy := tiered.Policy{Delays: []time.Duration{200 * time.Millisecond}, MaxAttempts: 2}
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var done []string
+	h := newHarness(t, b, topic, "billing", policy, func(msg *message.Message, attempt int) error {
+		if attempt == 1 {
+			return errors.New("to the tier")
+		}
+		if string(msg.Payload) == "a1" {
+			<-release
+		}
+		mu.Lock()
+		done = append(done, string(msg.Payload))
+		mu.Unlock()
+		return nil
+	})
+	var msgs []*message.Message
+	for _, p := range []string{"a1", "a2", "b1"} {
+		msg := message.NewMessage(watermill.NewUUID(), []byte(p))
+		msg.Metadata.Set("customer", p[:1])
+		msgs = append(msgs, msg)
+	}
+	h.publish(msgs...)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(done, "b1")
+	}, 30*time.Second, 10*time.Millisecond, "b1 is handled while a1, before it, is held by its handler")
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	require.Equal(t, []string{"b1"}, done, "a2 waits for a1, its key's message before it")
+	mu.Unlock()
+	close(release)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(done) == 3
+	}, 30*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"b1", "a1", "a2"}, done)
+}
