@@ -79,10 +79,15 @@ type Config struct {
 	// dead-letter copy is broker-confirmed. Offsets are committed up to
 	// the oldest unresolved record, so after a crash at most about
 	// PartitionWindow records (plus those resolved since the last commit)
-	// are handled again. Copies are produced while the partition moves
-	// on; a full window waits for them.
+	// are handled again, and at most PartitionWindow copies per partition
+	// are held in memory until confirmed. Copies are produced while the
+	// partition moves on; a full window waits for them. The window must
+	// cover the main topic's rate times a copy's confirmation time: 256
+	// was too small on a real broker at 100,000 messages a second, 1024
+	// was not (BENCHMARKS.md, figure 7). Lower it for large messages, or
+	// to bound duplicates more tightly.
 	//
-	// Optional. Defaults to 256 (see BENCHMARKS.md for the measurement).
+	// Optional. Defaults to 1024.
 	PartitionWindow int
 
 	// DrainTimeout bounds how long a consumer whose session or
@@ -104,7 +109,7 @@ type Config struct {
 }
 
 // DefaultPartitionWindow is the default of [Config.PartitionWindow].
-const DefaultPartitionWindow = 256
+const DefaultPartitionWindow = 1024
 
 const defaultDrainTimeout = 10 * time.Second
 

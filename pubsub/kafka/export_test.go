@@ -13,3 +13,7 @@ type Marshaler interface {
 // NewMarshalerForTest returns the backend's marshaler without a partition
 // key.
 func NewMarshalerForTest() Marshaler { return marshaler{} }
+
+// UnmarshalForTest reads a record as the backend's consumer does with the
+// default unmarshaler.
+func UnmarshalForTest(cm *sarama.ConsumerMessage) *message.Message { return unmarshalRecord(cm) }

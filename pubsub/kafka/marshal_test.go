@@ -32,11 +32,16 @@ func TestMarshal_watermillKafkaFormat(t *testing.T) {
 	for i := range rec.Headers {
 		headers = append(headers, &rec.Headers[i])
 	}
-	back, err := wkafka.DefaultMarshaler{}.Unmarshal(&sarama.ConsumerMessage{Value: value, Headers: headers})
+	cm := &sarama.ConsumerMessage{Value: value, Headers: headers}
+	back, err := wkafka.DefaultMarshaler{}.Unmarshal(cm)
 	require.NoError(t, err)
 	require.Equal(t, msg.UUID, back.UUID)
 	require.Equal(t, msg.Metadata, back.Metadata)
 	require.Equal(t, "payload", string(back.Payload))
+	ours := kafka.UnmarshalForTest(cm)
+	require.Equal(t, back.UUID, ours.UUID)
+	require.Equal(t, back.Metadata, ours.Metadata)
+	require.Equal(t, back.Payload, ours.Payload)
 
 	reserved := message.NewMessage("u", nil)
 	reserved.Metadata.Set(wkafka.UUIDHeaderKey, "x")

@@ -220,11 +220,14 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, sc sarama.
 // wrote (a dead-letter topic read back), with the DefaultMarshaler.
 func (c *claim) unmarshal(cm *sarama.ConsumerMessage) (*message.Message, error) {
 	if c.s.tier {
-		return wkafka.DefaultMarshaler{}.Unmarshal(cm)
+		return unmarshalRecord(cm), nil
+	}
+	if _, ok := c.s.b.config.Unmarshaler.(wkafka.DefaultMarshaler); ok {
+		return unmarshalRecord(cm), nil
 	}
 	msg, err := c.s.b.config.Unmarshaler.Unmarshal(cm)
 	if err != nil && writtenByUs(cm) {
-		return wkafka.DefaultMarshaler{}.Unmarshal(cm)
+		return unmarshalRecord(cm), nil
 	}
 	return msg, err
 }
