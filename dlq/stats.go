@@ -1,0 +1,184 @@
+package dlq
+
+import (
+	"context"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// MaxDistinct bounds the distinct reasons, handlers and original topics
+// that [Stats] counts one by one; the others are counted together (the
+// Other fields), so that memory stays flat whatever a topic holds.
+const MaxDistinct = 1000
+
+// Stats describe the messages of a topic that a filter selects.
+type Stats struct {
+	// Topic is the topic read.
+	Topic string
+	// Scanned is how many messages were read; Count how many the filter
+	// selected.
+	Scanned, Count int64
+	// Oldest and Newest are the broker times of the oldest and newest
+	// messages selected; zero when Count is 0.
+	Oldest, Newest time.Time
+	// Foreign counts the selected messages that Watermill did not write
+	// (see [Message.Foreign]).
+	Foreign int64
+	// Redriven counts the selected messages that were redriven before.
+	Redriven int64
+	// Reasons counts the selected messages by normalised reason
+	// ([NormalizeReason]), most frequent first. Messages without a
+	// reason count under "".
+	Reasons []Count
+	// OtherReasons counts the messages whose reason came after
+	// [MaxDistinct] distinct ones.
+	OtherReasons int64
+	// Handlers and OriginalTopics count the selected messages by
+	// [Message.Handler] and [Message.OriginalTopic], most frequent
+	// first, with the same bound.
+	Handlers, OriginalTopics []Count
+}
+
+// Count is how many messages share a value.
+type Count struct {
+	// Value is the value shared: a normalised reason, a handler, a topic.
+	Value string
+	// Count is how many selected messages have it.
+	Count int64
+	// Example is one message's own value, before normalisation (reasons
+	// only).
+	Example string
+}
+
+// Stats reads the messages of topic that filter selects, streaming, and
+// counts them.
+func (c *Client) Stats(ctx context.Context, topic string, filter Filter) (*Stats, error) {
+	m, err := c.prepareScan(ctx, topic, filter)
+	if err != nil {
+		return nil, err
+	}
+	acc := newStatsAcc(topic)
+	err = c.d.scan(ctx, topic, scanOptions{since: filter.From, until: filter.To}, func(msg *Message) error {
+		acc.s.Scanned++
+		if m.match(msg) {
+			acc.add(msg)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return acc.result(), nil
+}
+
+// statsAcc accumulates [Stats].
+type statsAcc struct {
+	s                  Stats
+	reasons            counter
+	handlers, original counter
+}
+
+func newStatsAcc(topic string) *statsAcc {
+	return &statsAcc{s: Stats{Topic: topic}, reasons: newCounter(), handlers: newCounter(), original: newCounter()}
+}
+
+func (a *statsAcc) add(msg *Message) {
+	s := &a.s
+	s.Count++
+	if s.Oldest.IsZero() || msg.Time.Before(s.Oldest) {
+		s.Oldest = msg.Time
+	}
+	if msg.Time.After(s.Newest) {
+		s.Newest = msg.Time
+	}
+	if msg.Foreign {
+		s.Foreign++
+	}
+	if msg.Redrives() > 0 {
+		s.Redriven++
+	}
+	reason := msg.Reason()
+	if msg.Raw != nil {
+		reason = msg.DecodeError
+	}
+	a.reasons.add(NormalizeReason(reason), reason)
+	a.handlers.add(msg.Handler(), "")
+	a.original.add(msg.OriginalTopic(), "")
+}
+
+func (a *statsAcc) result() *Stats {
+	s := a.s
+	s.Reasons, s.OtherReasons = a.reasons.sorted()
+	s.Handlers, _ = a.handlers.sorted()
+	s.OriginalTopics, _ = a.original.sorted()
+	return &s
+}
+
+// counter counts up to MaxDistinct distinct values.
+type counter struct {
+	counts map[string]*Count
+	other  int64
+}
+
+func newCounter() counter { return counter{counts: map[string]*Count{}} }
+
+func (c *counter) add(value, example string) {
+	if n, ok := c.counts[value]; ok {
+		n.Count++
+		return
+	}
+	if len(c.counts) >= MaxDistinct {
+		c.other++
+		return
+	}
+	c.counts[value] = &Count{Value: value, Count: 1, Example: example}
+}
+
+// sorted returns the counts, most frequent first (then by value), and
+// the count of the others.
+func (c *counter) sorted() ([]Count, int64) {
+	out := make([]Count, 0, len(c.counts))
+	for _, n := range c.counts {
+		out = append(out, *n)
+	}
+	slices.SortFunc(out, func(a, b Count) int {
+		if a.Count != b.Count {
+			if a.Count > b.Count {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Value, b.Value)
+	})
+	return out, c.other
+}
+
+var (
+	uuidRE   = regexp.MustCompile(`(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b`)
+	hexRE    = regexp.MustCompile(`(?i)\b(?:0x)?[0-9a-f]{8,}\b`)
+	numberRE = regexp.MustCompile(`\d+`)
+	spaceRE  = regexp.MustCompile(`\s+`)
+)
+
+// NormalizeReason folds the parts of a reason that differ from message to
+// message, so that one cause counts as one reason: UUIDs become "<uuid>",
+// hexadecimal IDs of 8 or more characters that mix digits and letters
+// "<hex>", numbers "N", and runs of white space one space.
+//
+//	"attempt 3 of 3 failed, no attempts left: order 1042: card declined"
+//	→ "attempt N of N failed, no attempts left: order N: card declined"
+func NormalizeReason(reason string) string {
+	s := uuidRE.ReplaceAllString(reason, "<uuid>")
+	s = hexRE.ReplaceAllStringFunc(s, func(m string) string {
+		// Only a mix of digits and letters: "deadbeef" and "12345678"
+		// are a word and a number.
+		if strings.ContainsAny(m, "0123456789") && strings.ContainsAny(strings.ToLower(m), "abcdef") {
+			return "<hex>"
+		}
+		return m
+	})
+	s = numberRE.ReplaceAllString(s, "N")
+	return strings.TrimSpace(spaceRE.ReplaceAllString(s, " "))
+}
