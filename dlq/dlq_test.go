@@ -144,11 +144,11 @@ func TestStats_countsAndNormalisesReasons(t *testing.T) {
 func TestNormalizeReason(t *testing.T) {
 	cases := map[string]string{
 		"attempt 3 of 3 failed, no attempts left: order 1042: card declined": "attempt N of N failed, no attempts left: order N: card declined",
-		"user 6d1f0f5e-7a43-4b8e-9c56-3f2a8b9e41d7 not found":                 "user <uuid> not found",
-		"object deadbeef12 missing, etag 0xA1B2C3D4E5":                        "object <hex> missing, etag <hex>",
-		"decade of deadbeef":                                                  "decade of deadbeef",
-		"  many\n\tspaces  ":                                                  "many spaces",
-		"":                                                                    "",
+		"user 6d1f0f5e-7a43-4b8e-9c56-3f2a8b9e41d7 not found":                "user <uuid> not found",
+		"object deadbeef12 missing, etag 0xA1B2C3D4E5":                       "object <hex> missing, etag <hex>",
+		"decade of deadbeef": "decade of deadbeef",
+		"  many\n\tspaces  ": "many spaces",
+		"":                   "",
 	}
 	for in, want := range cases {
 		require.Equal(t, want, dlq.NormalizeReason(in), "%q", in)
