@@ -170,12 +170,6 @@ func (w *Retrier) add(
 		if _, taken := existing[names[i]]; taken {
 			return nil, fmt.Errorf("the router already has a handler named %q", names[i])
 		}
-		for j := range i {
-			if names[j] == names[i] {
-				return nil, fmt.Errorf("handler %q: tiers %d and %d have the same delay %v, so both tier handlers would be named %q: give each tier its own delay",
-					name, j+1, i+1, d, names[i])
-			}
-		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -220,10 +214,16 @@ func (w *Retrier) add(
 	if main == nil {
 		out.Main = addOne(name, topic, mainSub)
 	}
+	// Each handler is bound to the hop it consumes here, where it is
+	// wired, not from a context value that other middleware may replace.
 	out.Main.AddMiddleware(retry.Middleware)
 	for i, tierTopic := range topics.Tiers {
+		mw, err := retry.TierMiddleware(i + 1)
+		if err != nil { // cannot happen: i+1 is one of retry's tiers
+			return nil, fmt.Errorf("handler %q: %w", name, err)
+		}
 		th := addOne(names[i], tierTopic, tierSubs[i])
-		th.AddMiddleware(retry.Middleware)
+		th.AddMiddleware(mw)
 		out.Tiers = append(out.Tiers, th)
 	}
 	w.logger.Debug("Added handler with tiered retries", watermill.LogFields{
