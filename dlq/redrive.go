@@ -205,6 +205,10 @@ const (
 	SkipNoTier = "handler has no tier topic"
 	// SkipUndecodable: a Redis entry that is not a Watermill message.
 	SkipUndecodable = "not a Watermill message"
+	// SkipStub: a dead-letter stub (tiered.DeadLetterStub), which stands
+	// in for a copy too large to publish and carries no payload; its
+	// origin keys say where the original can be fetched.
+	SkipStub = "a stub without its payload"
 )
 
 // Skipped is one message a redrive selected and did not move.
@@ -446,6 +450,9 @@ func (r *redrive) flush() error {
 func (r *redrive) redriven(msg *Message) (outgoing, string, error) {
 	if msg.Raw != nil {
 		return outgoing{}, SkipUndecodable, nil
+	}
+	if _, stub := msg.Metadata[tiered.KeyPayloadDropped]; stub {
+		return outgoing{}, SkipStub, nil
 	}
 	if msg.Redrives() >= r.p.MaxRedrives {
 		return outgoing{}, SkipCapped, nil

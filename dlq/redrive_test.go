@@ -183,25 +183,27 @@ func TestRedrive_capSkipsAndReports(t *testing.T) {
 		topics := b.handler("billing")
 		fresh := b.deadLetters(topics, letter{redrives: 2})
 		capped := b.deadLetters(topics, letter{redrives: 3}, letter{redrives: 7})
+		stub := b.deadLetters(topics, letter{stub: true})
 
 		res, err := b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ})
 		require.NoError(t, err)
 		require.EqualValues(t, 1, res.Moved)
-		require.EqualValues(t, 2, res.Skipped)
-		require.Equal(t, map[string]int64{dlq.SkipCapped: 2}, res.SkippedBy)
-		var skipped []string
+		require.EqualValues(t, 3, res.Skipped)
+		require.Equal(t, map[string]int64{dlq.SkipCapped: 2, dlq.SkipStub: 1}, res.SkippedBy, "a stub has no payload to redrive")
+		skipped := map[string][]string{}
 		for _, s := range res.SkippedExamples {
-			require.Equal(t, dlq.SkipCapped, s.Why)
 			require.NotEmpty(t, s.ID)
-			skipped = append(skipped, s.UUID)
+			skipped[s.Why] = append(skipped[s.Why], s.UUID)
 		}
-		require.Equal(t, sorted(capped), sorted(skipped))
+		require.Equal(t, sorted(capped), sorted(skipped[dlq.SkipCapped]))
+		require.Equal(t, stub, skipped[dlq.SkipStub])
 		require.Equal(t, fresh, uuidsOf(b.all(topics.Main, dlq.Filter{})))
 
 		res, err = b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ, Name: "raised-cap", MaxRedrives: 5})
 		require.NoError(t, err)
 		require.EqualValues(t, 2, res.Moved, "3 and 2 redrives are under 5")
 		require.EqualValues(t, 1, res.SkippedBy[dlq.SkipCapped])
+		require.EqualValues(t, 1, res.SkippedBy[dlq.SkipStub])
 	})
 }
 

@@ -134,6 +134,7 @@ type letter struct {
 	key      string // Kafka record key
 	redrives int
 	user     string // a user metadata value
+	stub     bool   // a dead-letter stub (tiered.DeadLetterStub)
 }
 
 // deadLetters writes letters to topics.DLQ as the retry middleware writes
@@ -165,6 +166,10 @@ func (b *broker) deadLetters(topics tiered.Topics, letters ...letter) []string {
 		msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.Itoa(i))
 		if l.key != "" {
 			msg.Metadata.Set(tiered.KeyKafkaKey, l.key)
+		}
+		if l.stub {
+			msg.Payload = nil
+			msg.Metadata.Set(tiered.KeyPayloadDropped, "2000000")
 		}
 		if l.redrives > 0 {
 			msg.Metadata.Set(tiered.KeyRedriveCount, strconv.Itoa(l.redrives))
