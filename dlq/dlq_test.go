@@ -22,7 +22,7 @@ import (
 func TestMessages_listsWithoutConsuming(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		topics := b.handler("billing")
-		uuids := b.deadLetters(topics, letter{key: "c1", user: "a"}, letter{key: "c2", user: "b"}, letter{key: "c1", user: "c"})
+		uuids := b.deadLetters(topics, letter{Key: "c1", User: "a"}, letter{Key: "c2", User: "b"}, letter{Key: "c1", User: "c"})
 
 		got := b.all(topics.DLQ, dlq.Filter{})
 		require.Equal(t, sorted(uuids), uuidsOf(got))
@@ -63,17 +63,17 @@ func TestMessages_eachFilter(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		topics := b.handler("billing")
 		other := b.handler("shipping")
-		early := b.deadLetters(topics, letter{reason: "card declined for order 17", key: "alice"})
+		early := b.deadLetters(topics, letter{Reason: "card declined for order 17", Key: "alice"})
 		// Broker times are in milliseconds: leave one between the two
 		// batches so a time range can tell them apart.
 		mid := time.Now()
 		require.Eventually(t, func() bool { return time.Since(mid) > 5*time.Millisecond }, time.Second, time.Millisecond)
 		mid = time.Now()
 		require.Eventually(t, func() bool { return time.Since(mid) > 5*time.Millisecond }, time.Second, time.Millisecond)
-		late := b.deadLetters(topics, letter{reason: "payment gateway timeout", key: "bob"}, letter{reason: "card declined for order 18", key: "bob"})
+		late := b.deadLetters(topics, letter{Reason: "payment gateway timeout", Key: "bob"}, letter{Reason: "card declined for order 18", Key: "bob"})
 		// A letter of another handler and topic in the same dead-letter
 		// topic (a shared DLQ of a custom namer).
-		foreign := b.deadLetters(tiered.Topics{Main: other.Main, Handler: "shipping", Tiers: other.Tiers, DLQ: topics.DLQ}, letter{reason: "card declined"})
+		foreign := b.deadLetters(tiered.Topics{Main: other.Main, Handler: "shipping", Tiers: other.Tiers, DLQ: topics.DLQ}, letter{Reason: "card declined"})
 
 		cases := []struct {
 			name   string
@@ -108,10 +108,10 @@ func TestStats_countsAndNormalisesReasons(t *testing.T) {
 		topics := b.handler("billing")
 		var letters []letter
 		for i := range 30 {
-			letters = append(letters, letter{reason: "charge order " + strconv.Itoa(1000+i) + " for customer " + watermill.NewUUID() + ": card declined"})
+			letters = append(letters, letter{Reason: "charge order " + strconv.Itoa(1000+i) + " for customer " + watermill.NewUUID() + ": card declined"})
 		}
 		for i := range 12 {
-			letters = append(letters, letter{reason: "gateway 10.0.0." + strconv.Itoa(i) + ":443 timed out after " + strconv.Itoa(i) + ".5s", redrives: i % 2})
+			letters = append(letters, letter{Reason: "gateway 10.0.0." + strconv.Itoa(i) + ":443 timed out after " + strconv.Itoa(i) + ".5s", Redrives: i % 2})
 		}
 		b.deadLetters(topics, letters...)
 		b.rawRecord(topics.DLQ, map[string]string{"payload": "from another tool"})
@@ -158,7 +158,7 @@ func TestNormalizeReason(t *testing.T) {
 func TestExport_writesJSONLines(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		topics := b.handler("billing")
-		uuids := b.deadLetters(topics, letter{payload: `{"order":1}`, key: "alice"}, letter{payload: "\xff\xfe binary"})
+		uuids := b.deadLetters(topics, letter{Payload: `{"order":1}`, Key: "alice"}, letter{Payload: "\xff\xfe binary"})
 		var buf bytes.Buffer
 		n, err := b.client.Export(context.Background(), &buf, topics.DLQ, dlq.Filter{})
 		require.NoError(t, err)

@@ -61,11 +61,11 @@ func (p PurgeParams) Validate() error {
 type PurgeResult struct {
 	// Deleted is how many messages were deleted (in a dry run: would
 	// have been).
-	Deleted int64
+	Deleted int64 `json:"deleted"`
 	// DryRun is true when nothing was deleted.
-	DryRun bool
+	DryRun bool `json:"dry_run"`
 	// Starts is, on Kafka, each partition's first offset after the purge.
-	Starts map[int32]int64
+	Starts map[int32]int64 `json:"starts,omitempty"`
 }
 
 // purgeSelection is a validated PurgeParams for a driver.

@@ -52,8 +52,8 @@ func TestPurge_filteredOnRedisDeletesExactlyTheSelection(t *testing.T) {
 	b := newBroker(t, "redis")
 	ctx := context.Background()
 	topics := b.handler("billing")
-	timeouts := b.deadLetters(topics, letter{reason: "timeout"}, letter{reason: "timeout"})
-	kept := b.deadLetters(topics, letter{reason: "card declined"})
+	timeouts := b.deadLetters(topics, letter{Reason: "timeout"}, letter{Reason: "timeout"})
+	kept := b.deadLetters(topics, letter{Reason: "card declined"})
 	var progress []int64
 
 	res, err := b.client.Purge(ctx, dlq.PurgeParams{Topic: topics.DLQ, Filter: dlq.Filter{Reason: "timeout"}, OnProgress: func(n int64) { progress = append(progress, n) }})

@@ -214,38 +214,42 @@ const (
 // Skipped is one message a redrive selected and did not move.
 type Skipped struct {
 	// ID and UUID identify the message.
-	ID, UUID string
+	ID   string `json:"id"`
+	UUID string `json:"uuid"`
 	// Why is one of the Skip reasons.
-	Why string
+	Why string `json:"why"`
 }
 
 // RedriveResult is what a redrive did.
 type RedriveResult struct {
 	// Name is the checkpoint's name (see RedriveParams.Name).
-	Name string
+	Name string `json:"name"`
 	// Resumed is true when the redrive started after an earlier run's
 	// checkpoint.
-	Resumed bool
+	Resumed bool `json:"resumed"`
 	// DryRun is true when nothing was moved.
-	DryRun bool
+	DryRun bool `json:"dry_run"`
 	// Scanned is how many messages were read, Selected how many the
 	// filter selected, Moved how many the broker confirmed at their
 	// destination (in a dry run: would have moved), Skipped how many were
 	// selected and not moved.
-	Scanned, Selected, Moved, Skipped int64
+	Scanned  int64 `json:"scanned"`
+	Selected int64 `json:"selected"`
+	Moved    int64 `json:"moved"`
+	Skipped  int64 `json:"skipped"`
 	// SkippedBy counts the skipped messages by reason (the Skip
 	// constants).
-	SkippedBy map[string]int64
+	SkippedBy map[string]int64 `json:"skipped_by"`
 	// SkippedExamples are the first skipped messages (at most 100).
-	SkippedExamples []Skipped
+	SkippedExamples []Skipped `json:"skipped_examples,omitempty"`
 	// Targets counts the moved messages by destination topic.
-	Targets map[string]int64
+	Targets map[string]int64 `json:"targets"`
 	// Reasons counts the selected messages by normalised reason, most
 	// frequent first (see [Stats]).
-	Reasons []Count
+	Reasons []Count `json:"reasons"`
 	// Interrupted is true when Max stopped the redrive before the end of
 	// the selection.
-	Interrupted bool
+	Interrupted bool `json:"interrupted"`
 }
 
 // Redrive moves the dead letters that p selects to their destination, in
@@ -339,14 +343,7 @@ func (r *redrive) run(ctx context.Context) (*RedriveResult, error) {
 	}
 	r.res.Resumed = resumed
 	r.pos, r.committed = start.clone(), start.clone()
-	if resumed {
-		r.total, err = r.c.d.Lag(ctx, r.p.Topic, r.group)
-	} else {
-		var d Depth
-		d, err = r.c.Depth(ctx, r.p.Topic)
-		r.total = d.Messages
-	}
-	if err != nil {
+	if r.total, err = r.c.backlog(ctx, r.p.Topic, r.group, resumed); err != nil {
 		return nil, err
 	}
 	r.lastCommit = time.Now()
@@ -564,4 +561,32 @@ func (r *redrive) firstTier(main, handler string) (string, error) {
 	}
 	r.tiers[key] = tierInfo{topic: topic, ok: ok}
 	return topic, nil
+}
+
+// Backlog returns how many messages a redrive with p would read: those of
+// p.Topic after its checkpoint (all of them on a first run), before the
+// filter selects. It reads no message: on Kafka it is offsets, on Redis
+// the checkpoint group's lag (which Redis may have to count).
+func (c *Client) Backlog(ctx context.Context, p RedriveParams) (int64, error) {
+	if err := c.check(p.Topic); err != nil {
+		return 0, err
+	}
+	if err := p.Validate(); err != nil {
+		return 0, fmt.Errorf("invalid redrive: %w", err)
+	}
+	p = p.withDefaults()
+	group := checkpointPrefix + p.Name
+	_, resumed, err := c.d.checkpoint(ctx, p.Topic, group)
+	if err != nil {
+		return 0, err
+	}
+	return c.backlog(ctx, p.Topic, group, resumed)
+}
+
+func (c *Client) backlog(ctx context.Context, topic, group string, resumed bool) (int64, error) {
+	if resumed {
+		return c.d.Lag(ctx, topic, group)
+	}
+	d, err := c.Depth(ctx, topic)
+	return d.Messages, err
 }

@@ -31,7 +31,7 @@ func TestRedrive_toOriginalTopicKeepsIdentityAndClearsRetryMetadata(t *testing.T
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		ctx := context.Background()
 		topics := b.handler("billing")
-		uuids := b.deadLetters(topics, letter{key: "alice", user: "1", payload: "p1"}, letter{key: "bob", user: "2", payload: "p2"}, letter{key: "alice", user: "3", payload: "p3", redrives: 1})
+		uuids := b.deadLetters(topics, letter{Key: "alice", User: "1", Payload: "p1"}, letter{Key: "bob", User: "2", Payload: "p2"}, letter{Key: "alice", User: "3", Payload: "p3", Redrives: 1})
 		dead := map[string]*dlq.Message{}
 		for _, m := range b.all(topics.DLQ, dlq.Filter{}) {
 			dead[m.UUID] = m
@@ -85,7 +85,7 @@ func TestRedrive_toFirstTier(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		ctx := context.Background()
 		topics := b.handler("billing")
-		uuids := b.deadLetters(topics, letter{key: "alice"}, letter{key: "bob"})
+		uuids := b.deadLetters(topics, letter{Key: "alice"}, letter{Key: "bob"})
 		before := time.Now().Truncate(time.Millisecond)
 
 		res, err := b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ, To: dlq.ToFirstTier})
@@ -130,9 +130,9 @@ func TestRedrive_exactlyTheFilteredSet(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		ctx := context.Background()
 		topics := b.handler("billing")
-		timeouts := b.deadLetters(topics, letter{reason: "timeout 1"}, letter{reason: "timeout 2"})
-		declined := b.deadLetters(topics, letter{reason: "card declined"})
-		timeouts = append(timeouts, b.deadLetters(topics, letter{reason: "timeout 3"})...)
+		timeouts := b.deadLetters(topics, letter{Reason: "timeout 1"}, letter{Reason: "timeout 2"})
+		declined := b.deadLetters(topics, letter{Reason: "card declined"})
+		timeouts = append(timeouts, b.deadLetters(topics, letter{Reason: "timeout 3"})...)
 
 		filter := dlq.Filter{Reason: "timeout"}
 		res, err := b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ, Filter: filter})
@@ -155,7 +155,7 @@ func TestRedrive_dryRunChangesNothing(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		ctx := context.Background()
 		topics := b.handler("billing")
-		b.deadLetters(topics, letter{reason: "timeout"}, letter{reason: "timeout"}, letter{reason: "declined", redrives: 3})
+		b.deadLetters(topics, letter{Reason: "timeout"}, letter{Reason: "timeout"}, letter{Reason: "declined", Redrives: 3})
 		var progress []dlq.RedriveProgress
 		limiter := &countingLimiter{}
 
@@ -181,9 +181,9 @@ func TestRedrive_capSkipsAndReports(t *testing.T) {
 	forEachBroker(t, func(t *testing.T, b *broker) {
 		ctx := context.Background()
 		topics := b.handler("billing")
-		fresh := b.deadLetters(topics, letter{redrives: 2})
-		capped := b.deadLetters(topics, letter{redrives: 3}, letter{redrives: 7})
-		stub := b.deadLetters(topics, letter{stub: true})
+		fresh := b.deadLetters(topics, letter{Redrives: 2})
+		capped := b.deadLetters(topics, letter{Redrives: 3}, letter{Redrives: 7})
+		stub := b.deadLetters(topics, letter{Stub: true})
 
 		res, err := b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ})
 		require.NoError(t, err)
@@ -235,7 +235,7 @@ func TestRedrive_rateLimitTakesOneTokenPerMessage(t *testing.T) {
 		ctx := context.Background()
 		topics := b.handler("billing")
 		b.manyDeadLetters(topics, 25)
-		b.deadLetters(topics, letter{redrives: 3})
+		b.deadLetters(topics, letter{Redrives: 3})
 
 		limiter := &countingLimiter{}
 		res, err := b.client.Redrive(ctx, dlq.RedriveParams{Topic: topics.DLQ, Limiter: limiter})

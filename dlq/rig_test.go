@@ -2,7 +2,6 @@ package dlq_test
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -10,12 +9,11 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
-	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/retry-kafka/retry-kafka/dlq"
+	"github.com/retry-kafka/retry-kafka/internal/dlqtest"
 	"github.com/retry-kafka/retry-kafka/internal/kafkatest"
 	"github.com/retry-kafka/retry-kafka/internal/redistest"
 	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
@@ -126,66 +124,21 @@ func (b *broker) handler(name string) tiered.Topics {
 	return topics
 }
 
-// letter describes a dead letter to write.
-type letter struct {
-	uuid     string
-	payload  string
-	reason   string
-	key      string // Kafka record key
-	redrives int
-	user     string // a user metadata value
-	stub     bool   // a dead-letter stub (tiered.DeadLetterStub)
-}
+// letter is a dead letter to write.
+type letter = dlqtest.Letter
 
 // deadLetters writes letters to topics.DLQ as the retry middleware writes
-// dead letters (after the last attempt), and returns their UUIDs.
+// dead letters, and returns their UUIDs.
 func (b *broker) deadLetters(topics tiered.Topics, letters ...letter) []string {
 	b.t.Helper()
-	var uuids []string
-	var msgs []*message.Message
-	now := time.Now()
-	for i, l := range letters {
-		if l.uuid == "" {
-			l.uuid = watermill.NewUUID()
-		}
-		if l.payload == "" {
-			l.payload = fmt.Sprintf(`{"order":%d}`, i)
-		}
-		if l.reason == "" {
-			l.reason = "payment gateway timeout"
-		}
-		msg := message.NewMessage(l.uuid, []byte(l.payload))
-		msg.Metadata.Set("user_note", "note-"+l.user)
-		reason := fmt.Sprintf("attempt 3 of 3 failed, no attempts left: %s", l.reason)
-		tiered.Info{Attempt: 3, OriginalTopic: topics.Main, Handler: topics.Handler, FirstFailure: now.Add(-time.Minute), LastFailure: now, LastError: reason}.Write(msg.Metadata)
-		msg.Metadata.Set(wmiddleware.ReasonForPoisonedKey, reason)
-		msg.Metadata.Set(wmiddleware.PoisonedTopicKey, topics.Tiers[len(topics.Tiers)-1])
-		msg.Metadata.Set(wmiddleware.PoisonedHandlerKey, topics.Handler)
-		msg.Metadata.Set(wmiddleware.PoisonedSubscriberKey, "sub")
-		msg.Metadata.Set(tiered.KeyKafkaPartition, "0")
-		msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.Itoa(i))
-		if l.key != "" {
-			msg.Metadata.Set(tiered.KeyKafkaKey, l.key)
-		}
-		if l.stub {
-			msg.Payload = nil
-			msg.Metadata.Set(tiered.KeyPayloadDropped, "2000000")
-		}
-		if l.redrives > 0 {
-			msg.Metadata.Set(tiered.KeyRedriveCount, strconv.Itoa(l.redrives))
-		}
-		msgs = append(msgs, msg)
-		uuids = append(uuids, l.uuid)
-	}
-	require.NoError(b.t, b.backend.Publisher().Publish(topics.DLQ, msgs...))
-	return uuids
+	return dlqtest.Write(b.t, b.backend, topics, letters...)
 }
 
 // manyDeadLetters writes n plain dead letters.
 func (b *broker) manyDeadLetters(topics tiered.Topics, n int) []string {
 	letters := make([]letter, n)
 	for i := range letters {
-		letters[i].key = "k" + strconv.Itoa(i%7)
+		letters[i].Key = "k" + strconv.Itoa(i%7)
 	}
 	return b.deadLetters(topics, letters...)
 }

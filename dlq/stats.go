@@ -16,40 +16,43 @@ const MaxDistinct = 1000
 // Stats describe the messages of a topic that a filter selects.
 type Stats struct {
 	// Topic is the topic read.
-	Topic string
+	Topic string `json:"topic"`
 	// Scanned is how many messages were read; Count how many the filter
 	// selected.
-	Scanned, Count int64
+	Scanned int64 `json:"scanned"`
+	Count   int64 `json:"count"`
 	// Oldest and Newest are the broker times of the oldest and newest
 	// messages selected; zero when Count is 0.
-	Oldest, Newest time.Time
+	Oldest time.Time `json:"oldest"`
+	Newest time.Time `json:"newest"`
 	// Foreign counts the selected messages that Watermill did not write
 	// (see [Message.Foreign]).
-	Foreign int64
+	Foreign int64 `json:"foreign"`
 	// Redriven counts the selected messages that were redriven before.
-	Redriven int64
+	Redriven int64 `json:"redriven"`
 	// Reasons counts the selected messages by normalised reason
 	// ([NormalizeReason]), most frequent first. Messages without a
 	// reason count under "".
-	Reasons []Count
+	Reasons []Count `json:"reasons"`
 	// OtherReasons counts the messages whose reason came after
 	// [MaxDistinct] distinct ones.
-	OtherReasons int64
+	OtherReasons int64 `json:"other_reasons"`
 	// Handlers and OriginalTopics count the selected messages by
 	// [Message.Handler] and [Message.OriginalTopic], most frequent
 	// first, with the same bound.
-	Handlers, OriginalTopics []Count
+	Handlers       []Count `json:"handlers"`
+	OriginalTopics []Count `json:"original_topics"`
 }
 
 // Count is how many messages share a value.
 type Count struct {
 	// Value is the value shared: a normalised reason, a handler, a topic.
-	Value string
+	Value string `json:"value"`
 	// Count is how many selected messages have it.
-	Count int64
+	Count int64 `json:"count"`
 	// Example is one message's own value, before normalisation (reasons
 	// only).
-	Example string
+	Example string `json:"example,omitempty"`
 }
 
 // Stats reads the messages of topic that filter selects, streaming, and
