@@ -466,7 +466,7 @@ Without --dry-run it asks for confirmation on stdin unless --yes.`,
 			if err != nil {
 				return err
 			}
-			if res.Skipped > 0 {
+			if res.Skipped > 0 && !res.DryRun {
 				return withCode(exitSkipped, fmt.Errorf("%d messages skipped", res.Skipped))
 			}
 			return nil

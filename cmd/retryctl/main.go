@@ -143,8 +143,9 @@ Exit codes:
      supported by the broker (a filtered purge on Kafka)
   3  the topic or message does not exist
   4  redrive or purge not confirmed (no answer, or not "y", without --yes)
-  5  a redrive finished but skipped some selected messages (redrive cap
-     reached, stubs without payload, entries Watermill cannot decode)`
+  5  a redrive (not a dry run) finished but skipped some selected messages
+     (redrive cap reached, stubs without payload, entries Watermill cannot
+     decode)`
 
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
