@@ -251,9 +251,9 @@ func TestRetrier_addConsumerHandlerWiresOneSubscriptionPerTier(t *testing.T) {
 	require.Len(t, handlers, 3)
 	require.Equal(t, []tiered.Topics{h.Topics}, backend.prepared, "topics prepared once, before use")
 	require.Equal(t, []tiered.SubscribeParams{
-		{Group: "orders.billing", Topic: "orders", DLQ: "orders.billing.dlq"},
-		{Group: "orders.billing.retry.10s", Topic: "orders.billing.retry.10s", Delay: 10 * time.Second, DLQ: "orders.billing.dlq"},
-		{Group: "orders.billing.retry.1m", Topic: "orders.billing.retry.1m", Delay: time.Minute, DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing", Handler: "billing", Topic: "orders", DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing.retry.10s", Handler: "billing", Topic: "orders.billing.retry.10s", Delay: 10 * time.Second, DLQ: "orders.billing.dlq"},
+		{Group: "orders.billing.retry.1m", Handler: "billing", Topic: "orders.billing.retry.1m", Delay: time.Minute, DLQ: "orders.billing.dlq"},
 	}, backend.params)
 
 	_, err = w.AddConsumerHandler(r, "shipping", "orders", func(*message.Message) error { return nil })

@@ -282,7 +282,11 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	}
 	out.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason, tiered.MaxErrorBytes))
 	out.Metadata.Set(wmiddleware.PoisonedTopicKey, l.topic)
-	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, l.s.params.Group)
+	handler := l.s.params.Handler
+	if handler == "" {
+		handler = l.s.params.Group
+	}
+	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, handler)
 	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, l.s.consumer)
 	out.SetContext(l.stop)
 	if err := l.s.b.publish(dlq, out, false); err != nil {
