@@ -147,12 +147,26 @@ func TestNormalizeReason(t *testing.T) {
 		"user 6d1f0f5e-7a43-4b8e-9c56-3f2a8b9e41d7 not found":                "user <uuid> not found",
 		"object deadbeef12 missing, etag 0xA1B2C3D4E5":                       "object <hex> missing, etag <hex>",
 		"decade of deadbeef": "decade of deadbeef",
+		"order17 and v2.5":   "orderN and vN.N",
+		"id 6d1f0f5e-7a43-4b8e-9c56-3f2a8b9e41d7x is a word": "id <hex>-NaN-NbNe-NcN-NfNaNbNeNdNx is a word",
+		"ünïcode 42 stays":   "ünïcode N stays",
 		"  many\n\tspaces  ": "many spaces",
 		"":                   "",
 	}
 	for in, want := range cases {
 		require.Equal(t, want, dlq.NormalizeReason(in), "%q", in)
 	}
+}
+
+func FuzzNormalizeReason(f *testing.F) {
+	for _, seed := range []string{"attempt 3 of 3 failed: order 1042", "6d1f0f5e-7a43-4b8e-9c56-3f2a8b9e41d7", "0xDEADBEEF12", " \t\n", "\xff\xfe"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, reason string) {
+		once := dlq.NormalizeReason(reason)
+		require.Equal(t, once, dlq.NormalizeReason(once), "normalising twice changes nothing")
+		require.LessOrEqual(t, len(once), len(reason)+len(reason)/2+6)
+	})
 }
 
 func TestExport_writesJSONLines(t *testing.T) {

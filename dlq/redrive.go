@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/components/delay"
-	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -26,6 +25,9 @@ const (
 	flushEvery = 250 * time.Millisecond
 	// maxExamples bounds RedriveResult.SkippedExamples.
 	maxExamples = 100
+	// commitTimeout bounds a checkpoint commit, which goes on when the
+	// redrive's context ends (see flush).
+	commitTimeout = 30 * time.Second
 	// checkpointPrefix starts the consumer group names of checkpoints.
 	checkpointPrefix = "retry-kafka.redrive."
 )
@@ -323,10 +325,21 @@ type redrive struct {
 	batch          []outgoing
 	batchStart     time.Time
 	lastCommit     time.Time
+	taken          int64     // messages batched so far, for Max
+	inflight       *inflight // the batch being published, if any
 
 	tiers  map[string]tierInfo // by "{topic}.{handler}"
 	mains  map[string]string   // dead-letter topic → main topic by its name
 	exists map[string]error    // destination topic → whether it exists
+}
+
+// inflight is a batch being published while the scan goes on: at most
+// one, so the broker's confirmation of a batch overlaps with reading the
+// next one, and the checkpoint still only passes confirmed batches.
+type inflight struct {
+	done  chan error
+	pos   position // the position after the batch
+	batch []outgoing
 }
 
 type tierInfo struct {
@@ -356,6 +369,9 @@ func (r *redrive) run(ctx context.Context) (*RedriveResult, error) {
 	if err == nil {
 		err = r.flush()
 	}
+	// Whatever ended the scan, settle the batch in flight: if the broker
+	// took it, the checkpoint passes it.
+	err = errors.Join(err, r.settle())
 	r.res.Reasons = r.stats.result().Reasons
 	if err != nil {
 		return r.res, err
@@ -370,7 +386,7 @@ func (r *redrive) step(msg *Message) error {
 		r.pos.advance(msg, r.kafka)
 		return r.maybeFlush()
 	}
-	if r.p.Max > 0 && r.res.Moved+int64(len(r.batch)) >= r.p.Max {
+	if r.p.Max > 0 && r.taken >= r.p.Max {
 		return errMaxReached // before msg: the checkpoint stops in front of it
 	}
 	r.res.Scanned++
@@ -398,6 +414,7 @@ func (r *redrive) step(msg *Message) error {
 		r.batchStart = time.Now()
 	}
 	r.batch = append(r.batch, out)
+	r.taken++
 	return r.maybeFlush()
 }
 
@@ -415,31 +432,79 @@ func (r *redrive) maybeFlush() error {
 	return r.flush()
 }
 
-// flush publishes the batch, then commits the position after it.
+// flush settles the batch in flight, then starts publishing the batch
+// (its position is committed once the broker confirmed it), or, with no
+// batch, commits the position (past messages not selected or skipped).
 func (r *redrive) flush() error {
-	if len(r.batch) > 0 {
-		if !r.p.DryRun {
-			if err := r.c.d.publish(r.ctx, r.batch); err != nil {
-				return fmt.Errorf("redrive: publish %d messages: %w", len(r.batch), err)
-			}
-		}
-		for _, o := range r.batch {
-			r.res.Targets[o.topic]++
-		}
-		r.res.Moved += int64(len(r.batch))
-		r.batch = r.batch[:0]
-	}
-	if !r.p.DryRun && !r.pos.equal(r.committed) {
-		if err := r.c.d.commit(r.ctx, r.p.Topic, r.group, r.pos); err != nil {
-			return fmt.Errorf("redrive: moved %d messages, but the checkpoint failed (a new run moves them again): %w", r.res.Moved, err)
-		}
-		r.committed = r.pos.clone()
+	if err := r.settle(); err != nil {
+		return err
 	}
 	r.lastCommit = time.Now()
+	if len(r.batch) > 0 && !r.p.DryRun {
+		f := &inflight{done: make(chan error, 1), pos: r.pos.clone(), batch: r.batch}
+		r.batch = nil
+		// The batch is published, and its position committed, even when
+		// ctx ends meanwhile: an interrupted redrive finishes the batch
+		// it started rather than leave it moved and not checkpointed.
+		go func() { f.done <- r.c.d.publish(context.WithoutCancel(r.ctx), f.batch) }()
+		r.inflight = f
+		return nil
+	}
+	if len(r.batch) > 0 { // a dry run
+		r.count(r.batch)
+		r.batch = r.batch[:0]
+	}
+	if err := r.commit(r.pos); err != nil {
+		return err
+	}
+	r.progress()
+	return nil
+}
+
+// settle waits for the batch in flight and commits the position after it.
+func (r *redrive) settle() error {
+	f := r.inflight
+	if f == nil {
+		return nil
+	}
+	r.inflight = nil
+	if err := <-f.done; err != nil {
+		return fmt.Errorf("redrive: publish %d messages: %w", len(f.batch), err)
+	}
+	r.count(f.batch)
+	if err := r.commit(f.pos); err != nil {
+		return err
+	}
+	r.progress()
+	return nil
+}
+
+// count counts batch as moved.
+func (r *redrive) count(batch []outgoing) {
+	for _, o := range batch {
+		r.res.Targets[o.topic]++
+	}
+	r.res.Moved += int64(len(batch))
+}
+
+// commit stores pos as the checkpoint (not in a dry run).
+func (r *redrive) commit(pos position) error {
+	if r.p.DryRun || pos.equal(r.committed) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), commitTimeout)
+	defer cancel()
+	if err := r.c.d.commit(ctx, r.p.Topic, r.group, pos); err != nil {
+		return fmt.Errorf("redrive: moved %d messages, but the checkpoint failed (a new run moves them again): %w", r.res.Moved, err)
+	}
+	r.committed = pos.clone()
+	return nil
+}
+
+func (r *redrive) progress() {
 	if r.p.OnProgress != nil {
 		r.p.OnProgress(RedriveProgress{Scanned: r.res.Scanned, Total: max(r.total, r.res.Scanned), Moved: r.res.Moved, Skipped: r.res.Skipped})
 	}
-	return nil
 }
 
 // redriven returns msg as it goes to its destination, or why it does
@@ -455,14 +520,14 @@ func (r *redrive) redriven(msg *Message) (outgoing, string, error) {
 		return outgoing{}, SkipCapped, nil
 	}
 	now := time.Now()
-	md := make(message.Metadata, len(msg.Metadata)+2)
-	for k, v := range msg.Metadata {
-		md[k] = v
-	}
+	// The scan made msg for this redrive alone: its metadata becomes the
+	// moved message's, without a copy.
+	md := msg.Metadata
+	redrives, main, handler := msg.Redrives(), msg.OriginalTopic(), msg.Handler()
 	tiered.ClearInfo(md)
 	tiered.ClearOrigin(md)
 	delete(md, redisstream.KeyEntryID)
-	md.Set(tiered.KeyRedriveCount, strconv.Itoa(msg.Redrives()+1))
+	md.Set(tiered.KeyRedriveCount, strconv.Itoa(redrives+1))
 	md.Set(tiered.KeyRedriveTime, strconv.FormatInt(now.UnixMilli(), 10))
 
 	var topic string
@@ -470,7 +535,7 @@ func (r *redrive) redriven(msg *Message) (outgoing, string, error) {
 	case ToTopic:
 		topic = r.p.TargetTopic
 	case ToOriginalTopic:
-		topic = msg.OriginalTopic()
+		topic = main
 		if topic == "" {
 			var err error
 			if topic, err = r.mainOf(); err != nil {
@@ -481,7 +546,6 @@ func (r *redrive) redriven(msg *Message) (outgoing, string, error) {
 			return outgoing{}, SkipNoTopic, nil
 		}
 	case ToFirstTier:
-		main, handler := msg.OriginalTopic(), msg.Handler()
 		if main == "" || handler == "" {
 			return outgoing{}, SkipNoTopic, nil
 		}

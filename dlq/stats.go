@@ -2,7 +2,6 @@ package dlq
 
 import (
 	"context"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -81,10 +80,11 @@ type statsAcc struct {
 	s                  Stats
 	reasons            counter
 	handlers, original counter
+	normalized         map[string]string // reason → NormalizeReason(reason), bounded
 }
 
 func newStatsAcc(topic string) *statsAcc {
-	return &statsAcc{s: Stats{Topic: topic}, reasons: newCounter(), handlers: newCounter(), original: newCounter()}
+	return &statsAcc{s: Stats{Topic: topic}, reasons: newCounter(), handlers: newCounter(), original: newCounter(), normalized: map[string]string{}}
 }
 
 func (a *statsAcc) add(msg *Message) {
@@ -106,7 +106,15 @@ func (a *statsAcc) add(msg *Message) {
 	if msg.Raw != nil {
 		reason = msg.DecodeError
 	}
-	a.reasons.add(NormalizeReason(reason), reason)
+	norm, ok := a.normalized[reason]
+	if !ok {
+		norm = NormalizeReason(reason)
+		if len(a.normalized) >= 4*MaxDistinct {
+			clear(a.normalized) // bounded: reasons with IDs rarely repeat
+		}
+		a.normalized[reason] = norm
+	}
+	a.reasons.add(norm, reason)
 	a.handlers.add(msg.Handler(), "")
 	a.original.add(msg.OriginalTopic(), "")
 }
@@ -158,30 +166,120 @@ func (c *counter) sorted() ([]Count, int64) {
 	return out, c.other
 }
 
-var (
-	uuidRE   = regexp.MustCompile(`(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b`)
-	hexRE    = regexp.MustCompile(`(?i)\b(?:0x)?[0-9a-f]{8,}\b`)
-	numberRE = regexp.MustCompile(`\d+`)
-	spaceRE  = regexp.MustCompile(`\s+`)
-)
-
 // NormalizeReason folds the parts of a reason that differ from message to
 // message, so that one cause counts as one reason: UUIDs become "<uuid>",
-// hexadecimal IDs of 8 or more characters that mix digits and letters
-// "<hex>", numbers "N", and runs of white space one space.
+// words of 8 or more hexadecimal digits (0x prefix allowed) that mix
+// digits and letters "<hex>", every other run of digits "N", and runs of
+// white space one space.
 //
 //	"attempt 3 of 3 failed, no attempts left: order 1042: card declined"
 //	→ "attempt N of N failed, no attempts left: order N: card declined"
+//
+// It is one pass over the text, without regular expressions: stats and
+// redrives call it for every message.
 func NormalizeReason(reason string) string {
-	s := uuidRE.ReplaceAllString(reason, "<uuid>")
-	s = hexRE.ReplaceAllStringFunc(s, func(m string) string {
-		// Only a mix of digits and letters: "deadbeef" and "12345678"
-		// are a word and a number.
-		if strings.ContainsAny(m, "0123456789") && strings.ContainsAny(strings.ToLower(m), "abcdef") {
-			return "<hex>"
+	var b strings.Builder
+	b.Grow(len(reason))
+	space := false
+	for i := 0; i < len(reason); {
+		c := reason[i]
+		if isSpace(c) {
+			space = true
+			i++
+			continue
 		}
-		return m
-	})
-	s = numberRE.ReplaceAllString(s, "N")
-	return strings.TrimSpace(spaceRE.ReplaceAllString(s, " "))
+		if space && b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		space = false
+		if !isWord(c) {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		// At the start of a word.
+		if n := uuidAt(reason, i); n > 0 {
+			b.WriteString("<uuid>")
+			i += n
+			continue
+		}
+		j := i
+		for j < len(reason) && isWord(reason[j]) {
+			j++
+		}
+		word := reason[i:j]
+		if isHexID(word) {
+			b.WriteString("<hex>")
+		} else {
+			for k := 0; k < len(word); {
+				if isDigit(word[k]) {
+					for k < len(word) && isDigit(word[k]) {
+						k++
+					}
+					b.WriteByte('N')
+					continue
+				}
+				b.WriteByte(word[k])
+				k++
+			}
+		}
+		i = j
+	}
+	return b.String()
+}
+
+// uuidAt returns 36 when a UUID (8-4-4-4-12 hexadecimal digits) that ends
+// a word starts at s[i], else 0.
+func uuidAt(s string, i int) int {
+	const n = 36
+	if len(s)-i < n || (i+n < len(s) && isWord(s[i+n])) {
+		return 0
+	}
+	for k := 0; k < n; k++ {
+		c := s[i+k]
+		switch k {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return 0
+			}
+		default:
+			if !isHex(c) {
+				return 0
+			}
+		}
+	}
+	return n
+}
+
+// isHexID reports whether word is 8 or more hexadecimal digits, with an
+// optional 0x, mixing digits and letters.
+func isHexID(word string) bool {
+	if len(word) > 2 && word[0] == '0' && (word[1] == 'x' || word[1] == 'X') {
+		word = word[2:]
+	}
+	if len(word) < 8 {
+		return false
+	}
+	digit, letter := false, false
+	for k := 0; k < len(word); k++ {
+		c := word[k]
+		switch {
+		case isDigit(c):
+			digit = true
+		case isHex(c):
+			letter = true
+		default:
+			return false
+		}
+	}
+	return digit && letter
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+func isHex(c byte) bool   { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+func isWord(c byte) bool {
+	return isDigit(c) || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_'
 }
