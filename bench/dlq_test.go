@@ -3,6 +3,7 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"runtime"
@@ -108,11 +109,12 @@ func dlqClient(b *testing.B, rg *rig) *dlq.Client {
 }
 
 func measureRedriveRate(b *testing.B, rg *rig) {
-	const n, rounds = 100000, 3
+	const n = 100000
 	c := dlqClient(b, rg)
 	payload := bytes.Repeat([]byte("x"), payloadSize)
 	var plain, redrive []float64
-	for round := range rounds {
+	var rounds []string
+	for round := range 3 {
 		// The plain batch publish of messages of the same shape.
 		topics, target := dlqTopics(b, rg, "rate")
 		letters := make([]dlqtest.Letter, 10000)
@@ -141,8 +143,9 @@ func measureRedriveRate(b *testing.B, rg *rig) {
 			b.Fatalf("redrive moved %d of %d", res.Moved, n)
 		}
 		redrive = append(redrive, rate(n, elapsed))
-		logf(b, "%s round %d: plain batch publish %.0f msg/s, redrive %.0f msg/s", rg.name, round+1, plain[round], redrive[round])
+		rounds = append(rounds, fmt.Sprintf("%.0f/%.0f", plain[round], redrive[round]))
 	}
+	logf(b, "%s rounds (plain batch publish/redrive msg/s): %s", rg.name, strings.Join(rounds, ", "))
 	b.ReportMetric(n, "msgs")
 	b.ReportMetric(median(plain), "plain-msg/s")
 	b.ReportMetric(median(redrive), "redrive-msg/s")
@@ -181,14 +184,16 @@ func measureDLQMemory(b *testing.B, rg *rig) {
 	}{{10000, "10k"}, {1000000, "1M"}} {
 		fillDLQ(b, rg, topics, step.n-held)
 		held = step.n
+		var line []string
 		for _, op := range ops {
 			peak, took, err := peakHeap(op.run)
 			if err != nil {
 				b.Fatalf("%s of %d: %v", op.name, step.n, err)
 			}
 			b.ReportMetric(peak, op.name+"-"+step.label+"-MiB")
-			logf(b, "%s %s of %d dead letters: peak heap +%.1f MiB, %.1fs (%.0f msg/s)", rg.name, op.name, step.n, peak, took.Seconds(), rate(int64(step.n), took))
+			line = append(line, fmt.Sprintf("%s +%.1f MiB in %.1fs (%.0f msg/s)", op.name, peak, took.Seconds(), rate(int64(step.n), took)))
 		}
+		logf(b, "%s, %d dead letters: %s", rg.name, step.n, strings.Join(line, "; "))
 	}
 }
 

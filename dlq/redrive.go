@@ -99,7 +99,7 @@ type RedriveParams struct {
 	// beginning.
 	//
 	// Optional. Defaults to the destination ("original", "first-tier",
-	// "topic.{TargetTopic}") plus ".f{hash of Filter}" when there is a
+	// "topic.{TargetTopic}") plus ".filter-{hash of Filter}" when there is a
 	// filter, so that a filtered redrive does not move the checkpoint of
 	// an unfiltered one.
 	Name string
@@ -147,7 +147,7 @@ func (p RedriveParams) withDefaults() RedriveParams {
 			p.Name += "." + p.TargetTopic
 		}
 		if !p.Filter.IsZero() {
-			p.Name += ".f" + p.Filter.hash()
+			p.Name += ".filter-" + p.Filter.hash()
 		}
 	}
 	return p

@@ -139,7 +139,7 @@ func TestRedrive_exactlyTheFilteredSet(t *testing.T) {
 		require.NoError(t, err)
 		require.EqualValues(t, 3, res.Moved)
 		require.EqualValues(t, 4, res.Scanned)
-		require.Regexp(t, `^original\.f[0-9a-f]{8}$`, res.Name, "a filtered redrive has a checkpoint of its own")
+		require.Regexp(t, `^original\.filter-[0-9a-f]{8}$`, res.Name, "a filtered redrive has a checkpoint of its own")
 		require.Equal(t, sorted(timeouts), uuidsOf(b.all(topics.Main, dlq.Filter{})))
 		require.Len(t, res.Reasons, 1)
 		require.Equal(t, "attempt N of N failed, no attempts left: timeout N", res.Reasons[0].Value)

@@ -452,9 +452,13 @@ Without --dry-run it asks for confirmation on stdin unless --yes.`,
 			if dryRun {
 				what = "redrive (dry run)"
 			}
+			moved := "moved"
+			if dryRun {
+				moved = "would move"
+			}
 			bar := newProgress(a.stderr, what, backlog)
 			p.OnProgress = func(pr dlq.RedriveProgress) {
-				bar.update(pr.Scanned, pr.Total, fmt.Sprintf("read, %d moved, %d skipped", pr.Moved, pr.Skipped))
+				bar.update(pr.Scanned, pr.Total, fmt.Sprintf("read, %d %s, %d skipped", pr.Moved, moved, pr.Skipped))
 			}
 			res, err := c.Redrive(ctx, p)
 			bar.finish()

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/retry-kafka/retry-kafka/dlq"
+	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
 // queueJSON is a queue in --json output.
@@ -27,7 +28,7 @@ func queueView(h dlq.Handler, q dlq.Queue, dlqKind bool, now time.Time) queueJSO
 	if dlqKind {
 		v.Kind = "dlq"
 	} else {
-		v.Delay = q.Delay.String()
+		v.Delay = tiered.FormatDelay(q.Delay)
 	}
 	if !q.Oldest.IsZero() {
 		t := q.Oldest.UTC()
@@ -125,7 +126,7 @@ func (a *app) listQueues(cmd *cobra.Command, argv []string, withDLQ bool) error 
 	t := newTable(a.stdout, "MAIN TOPIC", "HANDLER", "KIND", "TOPIC", "DEPTH", "OLDEST", "HEAD DUE")
 	for _, h := range topo.Handlers {
 		for _, q := range h.Tiers {
-			t.row(h.Topic, h.Name, "tier "+q.Delay.String(), q.Topic, itoa(q.Depth), ago(q.Oldest, now), until(q.HeadDue, now))
+			t.row(h.Topic, h.Name, "tier "+tiered.FormatDelay(q.Delay), q.Topic, itoa(q.Depth), ago(q.Oldest, now), until(q.HeadDue, now))
 		}
 		if withDLQ && h.DLQ != nil {
 			t.row(h.Topic, h.Name, "dlq", h.DLQ.Topic, itoa(h.DLQ.Depth), ago(h.DLQ.Oldest, now), "-")
