@@ -42,7 +42,7 @@ var figures = []struct {
 		[]string{"idle-heap-MiB", "d-heap-10k-MiB", "d-heap-100k-MiB", "idle-rss-MiB", "d-rss-10k-MiB", "d-rss-100k-MiB", "d-goroutines-100k", "broker-100k-MiB"}},
 	{"Rebalance", "6. Kafka rebalance: a second consumer joins (seconds until the group is Stable with 2 members)",
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
-	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak heap of each operation at 10k and 1M dead letters (MiB above the start)",
+	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak live heap of each operation at 10k and 1M dead letters (MiB above the start)",
 		[]string{"msgs", "plain-msg/s", "redrive-msg/s", "redrive-ratio", "list-10k-MiB", "list-1M-MiB", "stats-10k-MiB", "stats-1M-MiB", "export-10k-MiB", "export-1M-MiB", "redrive-10k-MiB", "redrive-1M-MiB"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
