@@ -163,15 +163,15 @@ type progress struct {
 	bar   *progressbar.ProgressBar
 	what  string
 	last  time.Time
-	plain bool
+	plain bool // plain lines (not a terminal); neither: nothing to show
 }
 
 func newProgress(w io.Writer, what string, total int64) *progress {
 	p := &progress{w: w, what: what}
+	if total <= 0 {
+		return p // nothing to show progress of
+	}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		if total <= 0 {
-			total = -1 // a spinner
-		}
 		p.bar = progressbar.NewOptions64(total,
 			progressbar.OptionSetWriter(w),
 			progressbar.OptionSetDescription(what),
@@ -181,6 +181,7 @@ func newProgress(w io.Writer, what string, total int64) *progress {
 			progressbar.OptionSetPredictTime(true),
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+			progressbar.OptionSetRenderBlankState(true), // the clock (rate, ETA) starts now
 		)
 		return p
 	}
@@ -192,6 +193,9 @@ func newProgress(w io.Writer, what string, total int64) *progress {
 func (p *progress) update(done, total int64, detail string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.plain && p.bar == nil {
+		return
+	}
 	if p.bar != nil {
 		if total > 0 && p.bar.GetMax64() != total {
 			p.bar.ChangeMax64(total)
