@@ -78,11 +78,14 @@ func New(config Config, logger watermill.LoggerAdapter) (*Client, error) {
 // Open opens the backend that rawURL names, with the URLs of pubsub.Open
 // (kafka://host:9092?group_prefix=app., redis://host:6379/0, ...), and
 // returns a client on it; Close closes both. Use the URL the application
-// uses, so that consumer group prefixes agree. mem:// cannot be inspected
-// and gives an error wrapping [ErrUnsupportedBackend].
+// uses, so that consumer group prefixes agree. mem:// and kafka://embedded
+// live inside the process that opened them, so Open refuses them with an
+// error wrapping [ErrUnsupportedBackend]; use [New] with that backend.
 func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (*Client, error) {
-	if scheme, _, _ := strings.Cut(rawURL, "://"); scheme == "mem" || scheme == "memory" {
+	if scheme, rest, _ := strings.Cut(rawURL, "://"); scheme == "mem" || scheme == "memory" {
 		return nil, fmt.Errorf("%w: %s keeps its messages inside the process that opened it; use kafka:// or redis://", ErrUnsupportedBackend, rawURL)
+	} else if host, _, _ := strings.Cut(rest, "?"); scheme == "kafka" && strings.TrimSuffix(host, "/") == "embedded" {
+		return nil, fmt.Errorf("%w: %s would start a new, empty broker in this process; give the address of the running one (kafka://host:port), or use New with the application's backend", ErrUnsupportedBackend, rawURL)
 	}
 	backend, err := pubsub.Open(ctx, rawURL, logger)
 	if err != nil {
