@@ -355,3 +355,36 @@ type outgoing struct {
 	topic string
 	msg   *Message
 }
+
+// readAhead calls fn with each message that produce emits, in order, while
+// produce, on a goroutine of its own, reads the next page: reading overlaps
+// with what fn does, and one page waits at most. fn's error stops produce
+// (its context ends) and is returned; else produce's.
+func readAhead(ctx context.Context, produce func(ctx context.Context, emit func([]*Message) error) error, fn func(*Message) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan []*Message, 1)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(pages)
+		readErr <- produce(ctx, func(page []*Message) error {
+			select {
+			case pages <- page:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	for page := range pages {
+		for _, m := range page {
+			if err := fn(m); err != nil {
+				cancel()
+				for range pages { // let produce end
+				}
+				return err
+			}
+		}
+	}
+	return <-readErr
+}

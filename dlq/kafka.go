@@ -259,48 +259,15 @@ func (d *kafkaDriver) scan(ctx context.Context, topic string, opts scanOptions, 
 		if starts[p] >= bounds[p].End {
 			continue
 		}
-		err := d.readAhead(ctx, topic, p, starts[p], bounds[p].End, func(msgs []*Message) error {
-			for _, m := range msgs {
-				if err := fn(m); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		// The next fetch runs while fn works on this one's messages.
+		err := readAhead(ctx, func(ctx context.Context, emit func([]*Message) error) error {
+			return d.read(ctx, topic, p, starts[p], bounds[p].End, fetchBytes, emit)
+		}, fn)
 		if err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// readAhead is read with the next fetch running while fn works on the
-// last one's messages.
-func (d *kafkaDriver) readAhead(ctx context.Context, topic string, p int32, from, end int64, fn func([]*Message) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	chunks := make(chan []*Message, 1)
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(chunks)
-		readErr <- d.read(ctx, topic, p, from, end, fetchBytes, func(msgs []*Message) error {
-			select {
-			case chunks <- msgs:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
-	for msgs := range chunks {
-		if err := fn(msgs); err != nil {
-			cancel()
-			for range chunks { // let the reader end
-			}
-			return err
-		}
-	}
-	return <-readErr
 }
 
 // read fetches the records of topic/p from offset from up to end

@@ -161,43 +161,23 @@ func (d *redisDriver) scan(ctx context.Context, topic string, opts scanOptions, 
 		}
 	}
 	// Read (and decode) the next page while fn works on this one.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pages := make(chan []*Message, 1)
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(pages)
-		readErr <- func() error {
-			for {
-				entries, err := d.client.XRangeN(ctx, topic, start, end, redisPage).Result()
-				if err != nil {
-					return fmt.Errorf("read redis stream %s: %w", topic, err)
-				}
-				if len(entries) > 0 {
-					select {
-					case pages <- d.decodeAll(topic, entries):
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
-				if len(entries) < redisPage {
-					return nil
-				}
-				start = "(" + entries[len(entries)-1].ID
+	return readAhead(ctx, func(ctx context.Context, emit func([]*Message) error) error {
+		for {
+			entries, err := d.client.XRangeN(ctx, topic, start, end, redisPage).Result()
+			if err != nil {
+				return fmt.Errorf("read redis stream %s: %w", topic, err)
 			}
-		}()
-	}()
-	for page := range pages {
-		for _, m := range page {
-			if err := fn(m); err != nil {
-				cancel()
-				for range pages { // let the reader end
+			if len(entries) > 0 {
+				if err := emit(d.decodeAll(topic, entries)); err != nil {
+					return err
 				}
-				return err
 			}
+			if len(entries) < redisPage {
+				return nil
+			}
+			start = "(" + entries[len(entries)-1].ID
 		}
-	}
-	return <-readErr
+	}, fn)
 }
 
 func (d *redisDriver) decodeAll(topic string, entries []redis.XMessage) []*Message {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -57,11 +58,7 @@ Nothing is consumed. --json prints one JSON object per line, as export does.`,
 		Args: args(1, "one TOPIC"),
 		RunE: func(cmd *cobra.Command, argv []string) error {
 			ctx := cmd.Context()
-			filter, err := ff.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			c, err := a.open(ctx)
+			c, filter, err := a.openFiltered(ctx, &ff)
 			if err != nil {
 				return err
 			}
@@ -117,6 +114,16 @@ Nothing is consumed. --json prints one JSON object per line, as export does.`,
 	ff.register(cmd.Flags())
 	cmd.Flags().IntVar(&limit, "limit", 50, "list at most this many messages (0: all)")
 	return cmd
+}
+
+// openFiltered reads the filter flags, then opens the client.
+func (a *app) openFiltered(ctx context.Context, ff *filterFlags) (*dlq.Client, dlq.Filter, error) {
+	filter, err := ff.filter(time.Now())
+	if err != nil {
+		return nil, dlq.Filter{}, err
+	}
+	c, err := a.open(ctx)
+	return c, filter, err
 }
 
 func printLine(w io.Writer, msg *dlq.Message) error {
@@ -252,11 +259,7 @@ histogram of reasons in which numbers, UUIDs and hex IDs are folded (N,
 		Args: args(1, "one TOPIC"),
 		RunE: func(cmd *cobra.Command, argv []string) error {
 			ctx := cmd.Context()
-			filter, err := ff.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			c, err := a.open(ctx)
+			c, filter, err := a.openFiltered(ctx, &ff)
 			if err != nil {
 				return err
 			}
@@ -339,11 +342,7 @@ streams: memory stays flat whatever the topic holds.`,
 		Args: args(1, "one TOPIC"),
 		RunE: func(cmd *cobra.Command, argv []string) error {
 			ctx := cmd.Context()
-			filter, err := ff.filter(time.Now())
-			if err != nil {
-				return err
-			}
-			c, err := a.open(ctx)
+			c, filter, err := a.openFiltered(ctx, &ff)
 			if err != nil {
 				return err
 			}
