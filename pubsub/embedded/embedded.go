@@ -77,6 +77,10 @@ func NewKafka(ctx context.Context, config kafka.Config, logger watermill.LoggerA
 	return &Kafka{Backend: b, cluster: cluster}, nil
 }
 
+// Unwrap returns the Kafka backend, for code that works on a
+// *kafka.Backend (package dlq does).
+func (k *Kafka) Unwrap() tiered.Backend { return k.Backend }
+
 // Close closes the backend, then stops the broker. It is safe to call more
 // than once.
 func (k *Kafka) Close() error {

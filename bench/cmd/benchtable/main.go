@@ -44,10 +44,12 @@ var figures = []struct {
 		[]string{"record-KiB", "waiting", "d-heap-MiB", "d-rss-MiB"}},
 	{"Rebalance", "6. Kafka rebalance: a second consumer joins (seconds until the group is Stable with 2 members)",
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
-	{"Window", "7. Kafka: the partition window (kafka.Config.PartitionWindow): main-topic throughput against plain watermill-kafka, 10% failing into a 30s tier (fail10) and every message failing once into a 1ms tier (retry)",
+	{"Window", "8. Kafka: the partition window (kafka.Config.PartitionWindow): main-topic throughput against plain watermill-kafka, 10% failing into a 30s tier (fail10) and every message failing once into a 1ms tier (retry)",
 		[]string{"plain-msg/s", "w16-fail10-ratio", "w16-retry-ratio", "w64-fail10-ratio", "w64-retry-ratio", "w256-fail10-ratio", "w256-retry-ratio", "w1024-fail10-ratio", "w1024-retry-ratio", "default-window"}},
-	{"Clients", "8. Kafka: broker connections and goroutines per handler with two tiers, against plain watermill-kafka (a subscriber per subscription)",
+	{"Clients", "9. Kafka: broker connections and goroutines per handler with two tiers, against plain watermill-kafka (a subscriber per subscription)",
 		[]string{"tiered-conns/handler", "plain-conns/handler", "tiered-goroutines/handler", "plain-goroutines/handler"}},
+	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak live heap of each operation at 10k and 1M dead letters (MiB above the start)",
+		[]string{"msgs", "plain-msg/s", "redrive-msg/s", "redrive-ratio", "list-10k-MiB", "list-1M-MiB", "stats-10k-MiB", "stats-1M-MiB", "export-10k-MiB", "export-1M-MiB", "redrive-10k-MiB", "redrive-1M-MiB"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
 }
@@ -230,6 +232,19 @@ var targets = []target{
 		p, ok2 := m["plain-conns/handler"]
 		return format(a), verdict(a <= p), ok1 && ok2
 	}, "kafka"},
+	{"DLQ", "redrive-ratio >= 0.5", atLeast("redrive-ratio", 0.5), ""},
+	flatDLQ("list"), flatDLQ("stats"), flatDLQ("export"), flatDLQ("redrive"),
+}
+
+// flatDLQ checks that an operation's peak heap at 1M dead letters is
+// within 32 MiB of its peak at 10k: a hundred times the messages (some
+// 400 MiB of them) must not show.
+func flatDLQ(op string) target {
+	return target{"DLQ", "flat: " + op + "-1M - " + op + "-10k < 32 MiB", func(m map[string]float64) (string, string, bool) {
+		a, ok1 := m[op+"-1M-MiB"]
+		b, ok2 := m[op+"-10k-MiB"]
+		return format(a - b), verdict(a-b < 32), ok1 && ok2
+	}, ""}
 }
 
 func printTargets(w io.Writer, results []result) {
