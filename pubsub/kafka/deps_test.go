@@ -9,15 +9,18 @@ import (
 )
 
 // Production imports only what production needs: an application that
-// imports the Kafka backend, or package pubsub for any backend, must not
-// link an in-memory Kafka broker (kfake) or franz-go. Only package
-// pubsub/embedded does.
+// imports the Kafka backend, or package pubsub for any backend (or the
+// router, the dlq API, retryctl), must not link an in-memory Kafka broker
+// (kfake) or franz-go. Only package pubsub/embedded does.
 func TestDeps_noFakeBrokerInProduction(t *testing.T) {
 	goBin, err := exec.LookPath("go")
 	require.NoError(t, err, "the go command is needed to list dependencies")
 	for _, pkg := range []string{
 		"github.com/retry-kafka/retry-kafka/pubsub/kafka",
 		"github.com/retry-kafka/retry-kafka/pubsub",
+		"github.com/retry-kafka/retry-kafka/router",
+		"github.com/retry-kafka/retry-kafka/dlq",
+		"github.com/retry-kafka/retry-kafka/cmd/retryctl",
 	} {
 		out, err := exec.Command(goBin, "list", "-deps", pkg).CombinedOutput()
 		require.NoError(t, err, "go list -deps %s: %s", pkg, out)
