@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/retry-kafka/retry-kafka/internal/kafkatest"
@@ -19,11 +21,13 @@ import (
 
 // BenchmarkClients (Kafka only) counts what one handler costs in broker
 // connections and goroutines: handlers handlers with two tiers each (three
-// subscriptions), tiered (router.New + AddConsumerHandler on one backend)
-// against plain watermill-kafka (a watermill-kafka subscriber per
-// subscription, as many subscriptions), each measured once every consumer
-// group has joined and a message went through, above the process before
-// the routers started. Connections are the process's established TCP
+// subscriptions), tiered (router.New + AddConsumerHandler on one backend,
+// whose producer and admin share one client, and whose router lists topics
+// with the backend's Inspector, another) against plain watermill-kafka (a
+// watermill-kafka subscriber per subscription, as many subscriptions, and
+// one watermill-kafka publisher), each measured once every consumer group
+// has joined and a message went through, above the process before the
+// routers started. Connections are the process's established TCP
 // connections to the brokers (from /proc/self/fd and /proc/net/tcp*).
 func BenchmarkClients(b *testing.B) {
 	const handlers = 4
@@ -59,6 +63,15 @@ func BenchmarkClients(b *testing.B) {
 				}
 			})
 			pc, pg := measure(func() {
+				// A plain application publishes too: one watermill-kafka
+				// publisher, as the backend has one producer.
+				pub, err := wkafka.NewPublisher(wkafka.PublisherConfig{
+					Brokers: brokers, Marshaler: wkafka.DefaultMarshaler{}, OverwriteSaramaConfig: kafkatest.SaramaConfig(),
+				}, watermill.NopLogger{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = pub.Close() })
 				for range handlers {
 					r := newRouter(b)
 					topic := rg.topic("plain-clients")
@@ -86,7 +99,7 @@ func BenchmarkClients(b *testing.B) {
 			b.ReportMetric(pc, "plain-conns/handler")
 			b.ReportMetric(tg, "tiered-goroutines/handler")
 			b.ReportMetric(pg, "plain-goroutines/handler")
-			logf(b, "%d handlers with 2 tiers each: tiered %.1f connections and %.1f goroutines per handler; plain watermill-kafka (3 subscribers) %.1f and %.1f",
+			logf(b, "%d handlers with 2 tiers each: tiered %.2f connections and %.1f goroutines per handler; plain watermill-kafka (3 subscribers each, one publisher) %.2f and %.1f",
 				handlers, tc, tg, pc, pg)
 		})
 	}
