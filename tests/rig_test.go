@@ -12,7 +12,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -109,6 +112,12 @@ type rig struct {
 	topics     map[string]tiered.Topics    // by handler name
 	handlers   map[string]*router.Handler  // by handler name, of the running router
 
+	// metrics and tracing, when set by observe, go to every router the
+	// rig starts: one registry and one tracer provider for all of them.
+	metrics *prometheus.Registry
+	tracing *sdktrace.TracerProvider
+	spans   *tracetest.InMemoryExporter
+
 	mu     sync.Mutex
 	calls  []call
 	dead   []deadLetter
@@ -143,6 +152,16 @@ func (r *rig) handle(name string, fn handlerFunc) *rig {
 	return r
 }
 
+// observe gives the routers the rig starts a Prometheus registry
+// (r.metrics) and a tracer provider whose ended spans r.spans keeps.
+func (r *rig) observe() *rig {
+	r.metrics = prometheus.NewRegistry()
+	r.spans = tracetest.NewInMemoryExporter()
+	r.tracing = sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
+	r.t.Cleanup(func() { _ = r.tracing.Shutdown(context.Background()) })
+	return r
+}
+
 // use adds router middleware to the routers the rig starts. Router
 // middleware runs outside the retry middleware of each handler.
 func (r *rig) use(m ...message.HandlerMiddleware) *rig {
@@ -164,7 +183,11 @@ func (r *rig) start() {
 	wr, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, r.logger)
 	require.NoError(t, err)
 	wr.AddMiddleware(r.middleware...)
-	retrying, err := router.New(router.Config{Backend: r.backend, Policy: r.policy}, r.logger)
+	config := router.Config{Backend: r.backend, Policy: r.policy}
+	if r.metrics != nil {
+		config.Registerer, config.TracerProvider = r.metrics, r.tracing
+	}
+	retrying, err := router.New(config, r.logger)
 	require.NoError(t, err)
 	for _, s := range r.specs {
 		h, err := retrying.AddConsumerHandler(wr, s.name, r.topic, r.record(s, run))
@@ -467,6 +490,14 @@ func (b *recordingBackend) Lag(ctx context.Context, topic, group string) (int64,
 		return 0, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
 	}
 	return in.Lag(ctx, topic, group)
+}
+
+// MessagingSystem passes the backend's name through, for the spans.
+func (b *recordingBackend) MessagingSystem() string {
+	if ms, ok := b.Backend.(tiered.MessagingSystem); ok {
+		return ms.MessagingSystem()
+	}
+	return ""
 }
 
 // published returns what was published so far.
