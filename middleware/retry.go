@@ -296,9 +296,7 @@ func (h *hop) success() {
 func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	main := r.newHop(r.topics.Main, 0, 0)
 	if main.process != nil {
-		return func(msg *message.Message) ([]*message.Message, error) {
-			return r.handleMainTraced(h, msg, main)
-		}
+		return r.tracedMiddleware(h, main)
 	}
 	// The closure stays small: the router runs each message on a new
 	// goroutine, and a large frame here made every message grow its
@@ -315,20 +313,53 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	}
 }
 
-// handleMainTraced is the middleware on the handler's own topic with
-// tracing on: attempt 1 runs in its own span, which the failure path's
-// send spans are children of.
-func (r *Retry) handleMainTraced(h message.HandlerFunc, msg *message.Message, main *hop) ([]*message.Message, error) {
-	tiered.ClearUntrusted(msg.Metadata)
-	ctx, span := main.process.StartProcess(msg, 1, 0, trace.SpanContext{})
+// tracedMiddleware is Middleware with tracing on. Attempt 1 has its span,
+// which the failure path's send spans are children of. In a trace that is
+// being recorded (the message's parent span is sampled) the span starts
+// before h runs, so that h's own spans are its children. Otherwise it
+// starts only if h fails, back-dated to when h began: an OpenTelemetry SDK
+// span costs more CPU than this middleware and most of a broker's delivery
+// (see BENCHMARKS.md), which on the happy path of a trace that nobody
+// records would buy nothing. The closure stays as small as Middleware's;
+// the spans are started in methods whose frames are gone when h runs.
+func (r *Retry) tracedMiddleware(h message.HandlerFunc, main *hop) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		tiered.ClearUntrusted(msg.Metadata)
+		if instrument.SampledParent(msg.Context(), msg) {
+			return r.handleMainSampled(h, msg, main)
+		}
+		delivered := msg.Context()
+		began := time.Now()
+		produced, err := runHandler(h, msg)
+		if err == nil {
+			main.success()
+			return produced, nil
+		}
+		return r.failedUntraced(h, msg, delivered, main, began, err)
+	}
+}
+
+// handleMainSampled runs attempt 1 of a message in a recorded trace in
+// its span.
+func (r *Retry) handleMainSampled(h message.HandlerFunc, msg *message.Message, main *hop) ([]*message.Message, error) {
+	delivered, span := main.process.StartProcess(msg.Context(), msg, 1, 0, trace.SpanContext{}, time.Time{})
 	defer span.End()
-	msg.SetContext(ctx)
+	msg.SetContext(delivered)
 	produced, err := runHandler(h, msg)
 	if err == nil {
 		main.success()
 		return produced, nil
 	}
-	return r.failed(h, msg, ctx, main, nil, err)
+	return r.failed(h, msg, delivered, main, nil, err)
+}
+
+// failedUntraced starts the span of a failed attempt 1 that had none,
+// back-dated to began, and handles the failure in it.
+func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, delivered context.Context, main *hop, began time.Time, err error) ([]*message.Message, error) {
+	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, began)
+	defer span.End()
+	msg.SetContext(delivered)
+	return r.failed(h, msg, delivered, main, nil, err)
 }
 
 // TierMiddleware returns the middleware of the handler that consumes tier
@@ -449,7 +480,7 @@ func (r *Retry) startTierSpan(msg *message.Message, from *hop) trace.Span {
 		attempt, tier = info.Attempt+1, info.Tier
 	}
 	first := instrument.ParseSpanContext(msg.Metadata.Get(tiered.KeyFirstSpan))
-	ctx, span := from.process.StartProcess(msg, attempt, tier, first)
+	ctx, span := from.process.StartProcess(msg.Context(), msg, attempt, tier, first, time.Time{})
 	msg.SetContext(ctx)
 	return span
 }

@@ -241,3 +241,82 @@ func spanContextOf(msg *message.Message) trace.SpanContext {
 	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier(msg.Metadata))
 	return trace.SpanContextFromContext(ctx)
 }
+
+// Outside a recorded trace, attempt 1's span is made only when it fails,
+// back-dated to when the handler began: the happy path of a trace nobody
+// records costs no span. In a recorded trace it is made up front, success
+// or not, with the handler's spans as its children.
+func TestRetry_firstAttemptSpanOnlyWhenRecordedOrFailed(t *testing.T) {
+	unsampled := func(msg *message.Message) {
+		msg.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+	}
+	tests := []struct {
+		name      string
+		prepare   func(t *testing.T, tp trace.TracerProvider, msg *message.Message)
+		fail      bool
+		wantSpans []string // ours, beside the producer's
+	}{
+		{name: "no trace context, success", wantSpans: nil},
+		{name: "no trace context, failure", fail: true, wantSpans: []string{"process orders", "send " + tier1}},
+		{name: "unsampled parent, failure", prepare: func(_ *testing.T, _ trace.TracerProvider, msg *message.Message) { unsampled(msg) }, fail: true},
+		{name: "sampled parent, success", prepare: func(t *testing.T, tp trace.TracerProvider, msg *message.Message) {
+			ctx, span := tp.Tracer("producer").Start(context.Background(), "send orders")
+			defer span.End()
+			propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(msg.Metadata))
+		}, wantSpans: []string{"send orders", "process orders", "handler's own"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tp, exp := newTracing(t)
+			var began time.Time
+			rg := newRig(t, rigConfig{
+				policy: tiered.Policy{Delays: []time.Duration{time.Minute}},
+				handler: func(msg *message.Message) error {
+					began = time.Now()
+					_, span := tp.Tracer("app").Start(msg.Context(), "handler's own")
+					span.End()
+					if tt.fail {
+						return errBoom
+					}
+					return nil
+				},
+				tracing: tp,
+			})
+			msg := message.NewMessage("m1", []byte("payload"))
+			if tt.prepare != nil {
+				tt.prepare(t, tp, msg)
+			}
+			rg.publish(t, msg)
+			require.Eventually(t, func() bool { return rg.settled("orders") }, waitFor, tick)
+			if tt.fail {
+				require.Eventually(t, func() bool { return len(rg.pub.on(tier1)) == 1 }, waitFor, tick)
+			}
+
+			var names []string
+			for _, s := range exp.GetSpans() {
+				if s.Name != "handler's own" || tt.name == "sampled parent, success" {
+					names = append(names, s.Name)
+				}
+			}
+			require.ElementsMatch(t, tt.wantSpans, names)
+			spans := map[string]tracetest.SpanStub{}
+			for _, s := range exp.GetSpans() {
+				spans[s.Name] = s
+			}
+			switch tt.name {
+			case "no trace context, failure":
+				first := spans["process orders"]
+				require.False(t, first.Parent.IsValid(), "a root span")
+				require.False(t, first.StartTime.After(began), "back-dated to when the handler began")
+				require.Equal(t, codes.Error, first.Status.Code)
+				require.Equal(t, first.SpanContext.SpanID(), spans["send "+tier1].Parent.SpanID())
+			case "unsampled parent, failure":
+				copied := spanContextOf(rg.pub.on(tier1)[0].msg)
+				require.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", copied.TraceID().String(), "the copy stays in the trace")
+				require.False(t, copied.IsSampled(), "and it stays unsampled")
+			case "sampled parent, success":
+				require.Equal(t, spans["process orders"].SpanContext.SpanID(), spans["handler's own"].Parent.SpanID())
+			}
+		})
+	}
+}

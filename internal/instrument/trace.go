@@ -3,6 +3,7 @@ package instrument
 import (
 	"context"
 	"slices"
+	"time"
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -99,7 +100,8 @@ func NewTracer(tp trace.TracerProvider, system, handler string) *Tracer {
 type Span struct {
 	tracer *Tracer
 	name   string
-	opts   []trace.SpanStartOption
+	kind   trace.SpanStartOption
+	attrs  []attribute.KeyValue
 }
 
 // Process returns the span maker of the attempts on topic.
@@ -118,32 +120,97 @@ func (t *Tracer) span(topic, operation string, opType attribute.KeyValue, kind t
 		semconv.MessagingOperationName(operation),
 		opType,
 	)
-	return &Span{
-		tracer: t,
-		name:   operation + " " + topic,
-		opts:   []trace.SpanStartOption{trace.WithSpanKind(kind), trace.WithAttributes(attrs...)},
-	}
+	return &Span{tracer: t, name: operation + " " + topic, kind: trace.WithSpanKind(kind), attrs: attrs}
 }
 
-// StartProcess starts the span of one attempt on msg, a child of the span
-// in msg's context when it has one (a tracing middleware outside ours),
-// else of the trace context in msg's metadata (the producer's, or the send
-// span of the hop before), linked to first (the first delivery's span)
-// when it is valid.
-func (s *Span) StartProcess(msg *message.Message, attempt, tier int, first trace.SpanContext) (context.Context, trace.Span) {
-	ctx := msg.Context()
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = propagator.Extract(ctx, Carrier(msg.Metadata))
-	}
-	opts := s.opts
-	if first.IsValid() {
-		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: first}))
-	}
-	ctx, span := s.tracer.tracer.Start(ctx, s.name, opts...)
+// start starts a span of s on ctx, linked to link when it is valid. Its
+// attributes are set once, after the sampler kept the span: a span that is
+// not sampled (most of them, with a ratio sampler) costs no attribute at
+// all. The sampler sees the name ("process orders") and the kind.
+//
+// The steps are kept in separate functions that are not inlined, so that
+// their frames are not on the stack while the SDK starts the span (deep
+// already): a goroutine that the router starts per message grows its stack,
+// by copying it, for every few hundred bytes more it needs.
+func (s *Span) start(ctx context.Context, link trace.SpanContext, at time.Time, id string, attempt, tier int) (context.Context, trace.Span) {
+	ctx, span := s.startSDK(ctx, link, at)
 	if span.IsRecording() {
-		span.SetAttributes(semconv.MessagingMessageID(msg.UUID), AttrAttempt.Int(attempt), AttrTier.Int(tier))
+		s.setAttributes(span, id, attempt, tier)
 	}
 	return ctx, span
+}
+
+//go:noinline
+func (s *Span) startSDK(ctx context.Context, link trace.SpanContext, at time.Time) (context.Context, trace.Span) {
+	switch {
+	case link.IsValid():
+		return s.tracer.tracer.Start(ctx, s.name, s.kind, trace.WithLinks(trace.Link{SpanContext: link}))
+	case !at.IsZero():
+		return s.tracer.tracer.Start(ctx, s.name, s.kind, trace.WithTimestamp(at))
+	}
+	return s.tracer.tracer.Start(ctx, s.name, s.kind)
+}
+
+//go:noinline
+func (s *Span) setAttributes(span trace.Span, id string, attempt, tier int) {
+	attrs := make([]attribute.KeyValue, 0, len(s.attrs)+3)
+	attrs = append(attrs, s.attrs...)
+	span.SetAttributes(append(attrs, semconv.MessagingMessageID(id), AttrAttempt.Int(attempt), AttrTier.Int(tier))...)
+}
+
+// StartProcess starts the span of one attempt on msg, delivered with
+// context ctx: a child of the span in ctx when it has one (a tracing
+// middleware outside ours), else of the trace context in msg's metadata
+// (the producer's, or the send span of the hop before), linked to first
+// (the first delivery's span) when it is valid. It starts at at, or now
+// when at is zero.
+func (s *Span) StartProcess(ctx context.Context, msg *message.Message, attempt, tier int, first trace.SpanContext, at time.Time) (context.Context, trace.Span) {
+	return s.start(parentContext(ctx, msg), first, at, msg.UUID, attempt, tier)
+}
+
+// SampledParent reports whether the attempt on msg, delivered with context
+// ctx, belongs to a trace that is being recorded: the span in ctx, or else
+// the trace context in msg's metadata, is sampled. It allocates nothing
+// and runs on the happy path of every message, so the metadata's
+// traceparent is not parsed: only its sampled flag is read (a malformed
+// value counts as not sampled; StartProcess parses it for real).
+func SampledParent(ctx context.Context, msg *message.Message) bool {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return sc.IsSampled()
+	}
+	return sampledFlag(msg.Metadata["traceparent"])
+}
+
+// sampledFlag reads the sampled bit of a W3C traceparent,
+// "vv-<32 hex trace ID>-<16 hex parent ID>-ff": the low bit of the flags
+// ff.
+func sampledFlag(v string) bool {
+	const flagsAt = 2 + 1 + 32 + 1 + 16 + 1
+	if len(v) < flagsAt+2 || v[2] != '-' || v[35] != '-' || v[52] != '-' {
+		return false
+	}
+	switch v[flagsAt+1] {
+	case '1', '3', '5', '7', '9', 'b', 'd', 'f':
+		return true
+	}
+	return false
+}
+
+// parentContext returns msg's context with the parent of its attempt's
+// span on top, so that the SDK's lookups of it (three, when it starts a
+// span) find it at once instead of walking the router's and the
+// subscriber's values each time: the span in the context, else the remote
+// one in the metadata, else none (a root span).
+//
+//go:noinline
+func parentContext(ctx context.Context, msg *message.Message) context.Context {
+	if parent := trace.SpanFromContext(ctx); parent.SpanContext().IsValid() {
+		return trace.ContextWithSpan(ctx, parent)
+	}
+	if remote := propagator.Extract(ctx, Carrier(msg.Metadata)); remote != ctx {
+		return remote // Extract put the remote span context on top
+	}
+	return trace.ContextWithSpanContext(ctx, trace.SpanContext{})
 }
 
 // StartSend starts the span of the publish of out, a copy for the next
@@ -151,10 +218,7 @@ func (s *Span) StartProcess(msg *message.Message, attempt, tier int, first trace
 // out's metadata and context: the next hop's attempt, or the dead letter,
 // belongs to the same trace.
 func (s *Span) StartSend(out *message.Message, attempt, tier int) trace.Span {
-	ctx, span := s.tracer.tracer.Start(out.Context(), s.name, s.opts...)
-	if span.IsRecording() {
-		span.SetAttributes(semconv.MessagingMessageID(out.UUID), AttrAttempt.Int(attempt), AttrTier.Int(tier))
-	}
+	ctx, span := s.start(out.Context(), trace.SpanContext{}, time.Time{}, out.UUID, attempt, tier)
 	propagator.Inject(ctx, Carrier(out.Metadata))
 	out.SetContext(trace.ContextWithSpan(out.Context(), span))
 	return span

@@ -42,6 +42,8 @@ var figures = []struct {
 		[]string{"idle-heap-MiB", "d-heap-10k-MiB", "d-heap-100k-MiB", "idle-rss-MiB", "d-rss-10k-MiB", "d-rss-100k-MiB", "d-goroutines-100k", "broker-100k-MiB"}},
 	{"Rebalance", "6. Kafka rebalance: a second consumer joins (seconds until the group is Stable with 2 members)",
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
+	{"Observability", "8. Metrics and tracing on vs off: happy-path CPU per message (ratios off / on; 1% of traces sampled, and all)",
+		[]string{"msgs", "off-cpu-us", "metrics-cpu-ratio", "traced-cpu-ratio", "sampled-cpu-ratio", "sampled-cpu-us"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
 }
@@ -210,6 +212,8 @@ var targets = []target{
 		return format(a - b), verdict(a-b < 8), ok1 && ok2
 	}},
 	{"Rebalance", "tiered-s < 1 (plain-held-s about hold-s)", below("tiered-s", 1)},
+	{"Observability", "metrics-cpu-ratio >= 0.95", atLeast("metrics-cpu-ratio", 0.95)},
+	{"Observability", "traced-cpu-ratio >= 0.95 (metrics and tracing, 1% sampled)", atLeast("traced-cpu-ratio", 0.95)},
 }
 
 func printTargets(w io.Writer, results []result) {
