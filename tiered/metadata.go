@@ -54,6 +54,17 @@ const (
 	// and dead-letter records are written with this key.
 	KeyKafkaKey = "retry_kafka_key"
 
+	// KeyRedriveCount is how many times the message was redriven from a
+	// dead-letter topic back into its handler (by the dlq package or
+	// retryctl). Unlike the retry keys it is not removed by [ClearInfo]:
+	// it stays with the message through its next life, into the
+	// dead-letter topic again, so that a cap on redrives holds across
+	// redrive cycles.
+	KeyRedriveCount = "retry_redrive_count"
+	// KeyRedriveTime is when the message was last redriven. Kept like
+	// [KeyRedriveCount].
+	KeyRedriveTime = "retry_redrive_ms"
+
 	// KeyFirstSpan is the W3C traceparent of the span of the message's
 	// first delivery (attempt 1, on the handler's own topic), written on
 	// its first hop when tracing is on and carried to every later one: the
