@@ -132,6 +132,8 @@ type Retry struct {
 	dlq   *target
 	// dead counts dead letters by reason class; nil without metrics.
 	dead [numReasons]prometheus.Counter
+	// main is the hop of the handler's own topic.
+	main *hop
 }
 
 // target is a topic that copies are published to: a tier (1 and up) or
@@ -207,6 +209,7 @@ func NewRetry(config Config, logger watermill.LoggerAdapter) (*Retry, error) {
 		r.tiers = append(r.tiers, r.newTarget(topic, i+1))
 	}
 	r.dlq = r.newTarget(topics.DLQ, 0)
+	r.main = r.newHop(topics.Main, 0, 0)
 	return r, nil
 }
 
@@ -294,7 +297,7 @@ func (h *hop) success() {
 // dropped with the failure. See [Retry.TierMiddleware] for what happens
 // when the copy cannot be published.
 func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
-	main := r.newHop(r.topics.Main, 0, 0)
+	main := r.main
 	if main.process != nil {
 		return r.tracedMiddleware(h, main)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/retry-kafka/retry-kafka/internal/instrument"
 	"github.com/retry-kafka/retry-kafka/middleware"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -58,6 +59,23 @@ type Config struct {
 	//
 	// Optional. Defaults to none: no spans.
 	TracerProvider trace.TracerProvider
+
+	// DeadLetters, with Registerer, reports the dead-letter topic of every
+	// handler added at each scrape: retry_kafka_dlq_messages (how many it
+	// holds), retry_kafka_dlq_oldest_seconds (the age of the oldest) and
+	// retry_kafka_dlq_read_errors_total, read through it at most every 5
+	// seconds. Give it a *dlq.Client on the same broker (see the dlq
+	// package); the backend itself does not tell.
+	//
+	// Optional. Defaults to none. Requires Registerer.
+	DeadLetters DeadLetterDepth
+}
+
+// DeadLetterDepth reads how many messages a dead-letter topic holds and
+// when the broker stored the oldest (zero when it holds none), for
+// [Config].DeadLetters. The dlq package's Client implements it.
+type DeadLetterDepth interface {
+	DeadLetterDepth(ctx context.Context, topic string) (messages int64, oldest time.Time, err error)
 }
 
 // Validate reports every problem with the config without changing it.
@@ -69,6 +87,9 @@ func (c Config) Validate() error {
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.DeadLetters != nil && c.Registerer == nil {
+		errs = append(errs, errors.New("DeadLetters is set without a Registerer to report to"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -76,6 +97,7 @@ func (c Config) Validate() error {
 type Retrier struct {
 	config Config
 	logger watermill.LoggerAdapter
+	dlqs   *instrument.DeadLetters // nil without Config.DeadLetters
 }
 
 // New checks config and returns a Retrier.
@@ -87,7 +109,14 @@ func New(config Config, logger watermill.LoggerAdapter) (*Retrier, error) {
 		logger = watermill.NopLogger{}
 	}
 	config.Policy = config.Policy.WithDefaults()
-	return &Retrier{config: config, logger: logger}, nil
+	w := &Retrier{config: config, logger: logger}
+	if config.DeadLetters != nil {
+		var err error
+		if w.dlqs, err = instrument.RegisterDeadLetters(config.Registerer); err != nil {
+			return nil, fmt.Errorf("invalid config: %w", err)
+		}
+	}
+	return w, nil
 }
 
 // Handler is what one Add call put on the router.
@@ -314,6 +343,13 @@ func (w *Retrier) add(
 		w.logger.Info("Found a retired tier that still holds messages: consuming it until it is drained", watermill.LogFields{
 			"handler_name": name, "topic": rt.topic, "delay": rt.delay.String(), "messages": rt.lag,
 		})
+	}
+
+	if w.dlqs != nil {
+		if err := w.dlqs.Watch(name, topics.DLQ, w.config.DeadLetters.DeadLetterDepth); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("handler %q: %w", name, err)
+		}
 	}
 
 	out := &Handler{Main: main, Topics: topics}

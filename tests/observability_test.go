@@ -82,6 +82,9 @@ func TestMetrics_countWhatHappened(t *testing.T) {
 					want[fmt.Sprintf("retry_kafka_tier_messages_total{handler_name=billing,tier=%d}", tier)]++
 				case p.topic == topics.DLQ:
 					want["retry_kafka_dead_letters_total{handler_name=billing,reason="+class[p.uuid]+"}"]++
+					if r.dlq != nil { // the depth of the dead-letter topic, read through the dlq API
+						want["retry_kafka_dlq_messages{handler_name=billing}"]++
+					}
 				}
 			}
 			return want
@@ -90,6 +93,7 @@ func TestMetrics_countWhatHappened(t *testing.T) {
 		deadline := time.Now().Add(waitFor)
 		for {
 			got, want = instrumenttest.Gather(t, r.metrics).NonZero("retry_kafka_"), expected()
+			delete(got, "retry_kafka_dlq_oldest_seconds{handler_name=billing}") // grows with every scrape
 			if maps.Equal(got, want) || time.Now().After(deadline) {
 				break
 			}
@@ -110,6 +114,10 @@ func TestMetrics_countWhatHappened(t *testing.T) {
 		m := instrumenttest.Gather(t, r.metrics)
 		require.Equal(t, []string{"handler_name=billing,tier=1", "handler_name=billing,tier=2"}, m.Series("retry_kafka_held_messages"),
 			"the holding subscriber of each tier reports")
+		if r.dlq != nil {
+			require.Positive(t, m.Value("retry_kafka_dlq_oldest_seconds", "handler_name", "billing"))
+			require.Zero(t, m.Value("retry_kafka_dlq_read_errors_total"))
+		}
 		require.Zero(t, m.Value("retry_kafka_held_messages"), "nothing held once every message is done")
 		require.Positive(t, m.Value("retry_kafka_lateness_seconds"))
 		require.GreaterOrEqual(t, m.Sum("retry_kafka_lateness_seconds"), 0.0)
@@ -238,8 +246,11 @@ func TestMetrics_undecodableEntryOnRedis(t *testing.T) {
 	})
 	_, dead := r.snapshot()
 	require.Len(t, dead, 1, "the entry is in the dead-letter topic")
+	got := instrumenttest.Gather(t, r.metrics).NonZero("retry_kafka_")
+	delete(got, "retry_kafka_dlq_oldest_seconds{handler_name=billing}")
 	require.Equal(t, map[string]float64{
 		"retry_kafka_dead_letters_total{handler_name=billing,reason=undecodable}": 1,
 		"retry_kafka_successes_total{handler_name=billing,tier=0}":                1,
-	}, instrumenttest.Gather(t, r.metrics).NonZero("retry_kafka_"))
+		"retry_kafka_dlq_messages{handler_name=billing}":                          1,
+	}, got)
 }

@@ -17,6 +17,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/retry-kafka/retry-kafka/dlq"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -117,6 +118,7 @@ type rig struct {
 	metrics *prometheus.Registry
 	tracing *sdktrace.TracerProvider
 	spans   *tracetest.InMemoryExporter
+	dlq     *dlq.Client // the dead-letter depth of the metrics; nil on mem
 
 	mu     sync.Mutex
 	calls  []call
@@ -153,12 +155,20 @@ func (r *rig) handle(name string, fn handlerFunc) *rig {
 }
 
 // observe gives the routers the rig starts a Prometheus registry
-// (r.metrics) and a tracer provider whose ended spans r.spans keeps.
+// (r.metrics), a tracer provider whose ended spans r.spans keeps and,
+// where the dlq package supports the backend, a dlq.Client for the depth
+// of the dead-letter topics (r.dlq).
 func (r *rig) observe() *rig {
 	r.metrics = prometheus.NewRegistry()
 	r.spans = tracetest.NewInMemoryExporter()
 	r.tracing = sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
 	r.t.Cleanup(func() { _ = r.tracing.Shutdown(context.Background()) })
+	client, err := dlq.New(dlq.Config{Backend: r.backend.Backend}, r.logger)
+	if !errors.Is(err, dlq.ErrUnsupportedBackend) {
+		require.NoError(r.t, err)
+		r.dlq = client
+		r.t.Cleanup(func() { _ = client.Close() })
+	}
 	return r
 }
 
@@ -186,6 +196,9 @@ func (r *rig) start() {
 	config := router.Config{Backend: r.backend, Policy: r.policy}
 	if r.metrics != nil {
 		config.Registerer, config.TracerProvider = r.metrics, r.tracing
+	}
+	if r.dlq != nil {
+		config.DeadLetters = r.dlq
 	}
 	retrying, err := router.New(config, r.logger)
 	require.NoError(t, err)

@@ -15,8 +15,10 @@
 // dead-lettered, span by span, and exits 0.
 //
 // grafana-dashboard.json is a Grafana dashboard of these metrics: retry
-// rate per tier, successes by tier, dead letters by reason, lateness
-// p50/p99, held messages and publish failures.
+// rate per tier, successes by tier, dead letters by reason, the depth of
+// the dead-letter topic and the age of its oldest message (read through
+// the dlq API at scrape time), lateness p50/p99, held messages and
+// publish failures.
 //
 //	go run ./examples/observability                                  # embedded broker
 //	go run ./examples/observability -broker redis://127.0.0.1:6379/0 # Redis Streams
@@ -53,6 +55,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/retry-kafka/retry-kafka/dlq"
 	"github.com/retry-kafka/retry-kafka/pubsub"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -148,12 +151,23 @@ func run(ctx context.Context, o options) error {
 	r.AddMiddleware(wmiddleware.Recoverer)
 	wmetrics.NewPrometheusMetricsBuilder(reg, "", "").AddPrometheusRouterMetrics(r)
 
-	retrying, err := router.New(router.Config{
+	config := router.Config{
 		Backend:        backend,
 		Policy:         tiered.Policy{Delays: o.delays, MaxAttempts: len(o.delays) + 1},
 		Registerer:     reg,
 		TracerProvider: tp,
-	}, logger)
+	}
+	// The depth of the dead-letter topic, read through the dlq API at
+	// each scrape (Kafka and Redis; mem:// cannot be inspected).
+	client, err := dlq.New(dlq.Config{Backend: backend}, logger)
+	switch {
+	case err == nil:
+		defer client.Close()
+		config.DeadLetters = client
+	case !errors.Is(err, dlq.ErrUnsupportedBackend):
+		return err
+	}
+	retrying, err := router.New(config, logger)
 	if err != nil {
 		return err
 	}
@@ -161,7 +175,8 @@ func run(ctx context.Context, o options) error {
 	topic := "observability.orders." + watermill.NewShortUUID()[:8]
 	var mu sync.Mutex
 	calls := map[string]int{}
-	var deadUUIDs []string
+	charged := map[string]bool{}
+	dead := map[string]bool{}
 	h, err := retrying.AddConsumerHandler(r, "billing", topic, func(msg *message.Message) error {
 		mu.Lock()
 		calls[msg.UUID]++
@@ -176,6 +191,9 @@ func run(ctx context.Context, o options) error {
 		case failures < 0 || n <= failures:
 			return errors.New("payment gateway timeout")
 		}
+		mu.Lock()
+		charged[msg.UUID] = true
+		mu.Unlock()
 		return nil
 	})
 	if err != nil {
@@ -190,7 +208,7 @@ func run(ctx context.Context, o options) error {
 	}
 	r.AddConsumerHandler("dlq-reader", h.Topics.DLQ, dlqSub, func(msg *message.Message) error {
 		mu.Lock()
-		deadUUIDs = append(deadUUIDs, msg.UUID)
+		dead[msg.UUID] = true
 		mu.Unlock()
 		return nil
 	})
@@ -267,37 +285,42 @@ func run(ctx context.Context, o options) error {
 	say("produced %d orders; waiting for the tiers to drain", total)
 
 	// Every order ends charged or dead-lettered once its last tier is
-	// done: wait until the metrics say so.
-	want := 0
+	// done; then the dead-letter gauge catches up within its cache age.
+	wantDead := 0
 	for n := 1; n <= total; n++ {
 		if failures, declined := outcome(n); failures < 0 || declined {
-			want++
+			wantDead++
 		}
 	}
 	deadline := time.After(time.Minute + 2*o.delays[len(o.delays)-1])
 	for {
 		mu.Lock()
-		dead := len(deadUUIDs)
+		finished := len(charged)+len(dead) >= total
 		mu.Unlock()
-		if dead >= want {
+		if finished && (config.DeadLetters == nil || scrapeValue(metricsURL, "retry_kafka_dlq_messages") >= float64(wantDead)) {
 			break
 		}
 		select {
 		case <-time.After(100 * time.Millisecond):
 		case <-deadline:
-			return fmt.Errorf("only %d of %d dead letters arrived", dead, want)
+			return fmt.Errorf("not every order finished: %d charged, %d dead letters of %d", len(charged), len(dead), total)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+	say("all %d orders finished: %d charged, %d in the dead-letter topic", total, total-wantDead, wantDead)
 	if err := printScrape(o.out, metricsURL, say); err != nil {
 		return err
 	}
 
 	mu.Lock()
-	sort.Strings(deadUUIDs)
+	var ids []string
+	for id := range dead {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
 	var example string
-	for _, id := range deadUUIDs {
+	for _, id := range ids {
 		if calls[id] > 1 { // exhausted, not declined: it walked every tier
 			example = id
 			break
@@ -308,21 +331,44 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// printScrape fetches url and prints the retry-kafka series that are not
-// zero (histograms as their count and mean).
-func printScrape(w io.Writer, url string, say func(string, ...any)) error {
+// scrapeValue fetches url and returns the sum of the series of name (0 on
+// any error).
+func scrapeValue(url, name string) float64 {
+	families, err := scrape(url)
+	if err != nil || families[name] == nil {
+		return 0
+	}
+	var v float64
+	for _, m := range families[name].Metric {
+		v += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+	}
+	return v
+}
+
+// scrape fetches url and parses the text exposition format.
+func scrape(url string) (map[string]*dto.MetricFamily, error) {
 	resp, err := http.Get(url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return fmt.Errorf("parse %s: %w", url, err)
+		return nil, fmt.Errorf("parse %s: %w", url, err)
+	}
+	return families, nil
+}
+
+// printScrape fetches url and prints the retry-kafka series that are not
+// zero (histograms as their count and mean).
+func printScrape(w io.Writer, url string, say func(string, ...any)) error {
+	families, err := scrape(url)
+	if err != nil {
+		return err
 	}
 	var lines []string
 	for name, f := range families {

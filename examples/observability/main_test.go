@@ -47,6 +47,7 @@ func TestRun_printsScrapesAndATrace(t *testing.T) {
 	require.Contains(t, out, "retry_kafka_tier_messages_total{handler_name=billing,tier=1}")
 	require.Contains(t, out, "retry_kafka_dead_letters_total{handler_name=billing,reason=exhausted}")
 	require.Contains(t, out, "retry_kafka_successes_total{handler_name=billing,tier=2}")
+	require.Contains(t, out, "retry_kafka_dlq_messages{handler_name=billing}")
 	require.Regexp(t, `Trace [0-9a-f]{32} of dead-lettered message`, out)
 	require.Regexp(t, `process \S+\.billing\.retry\.100ms\s+child of: send \S+\.billing\.retry\.100ms\s+linked to: process`, out)
 	require.Regexp(t, `send \S+\.billing\.dlq\s+child of: process \S+\.billing\.retry\.100ms`, out)
@@ -79,7 +80,7 @@ func TestDashboard_queriesOnlyExportedMetrics(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(raw, &dash))
 
-	_, reg := runShort(t, "mem://")
+	_, reg := runShort(t, "kafka://embedded")
 	exported := instrumenttest.Gather(t, reg)
 
 	queried := map[string]bool{}
@@ -116,7 +117,7 @@ func TestDashboard_queriesOnlyExportedMetrics(t *testing.T) {
 	}
 	for _, metric := range []string{
 		"retry_kafka_tier_messages_total", "retry_kafka_dead_letters_total", "retry_kafka_lateness_seconds_bucket",
-		"retry_kafka_held_messages",
+		"retry_kafka_held_messages", "retry_kafka_dlq_messages",
 	} {
 		require.True(t, queried[metric], "the dashboard shows %s (panels: %v)", metric, titles)
 	}

@@ -43,9 +43,10 @@ func TestDeadLetters_readsAtScrapeTimeWithACache(t *testing.T) {
 		depths: map[string]int64{"orders.billing.dlq": 3, "orders.shipping.dlq": 0},
 		oldest: map[string]time.Time{"orders.billing.dlq": start.Add(-time.Minute)},
 	}
-	d, err := instrument.NewDeadLetters(f.read, map[string]string{"billing": "orders.billing.dlq", "shipping": "orders.shipping.dlq"},
-		30*time.Second, func() time.Time { return now })
-	require.NoError(t, err)
+	d := instrument.NewDeadLetters(30*time.Second, func() time.Time { return now })
+	require.NoError(t, d.Watch("billing", "orders.billing.dlq", f.read))
+	require.NoError(t, d.Watch("shipping", "orders.shipping.dlq", f.read))
+	require.NoError(t, d.Watch("shipping", "orders.shipping.dlq", f.read), "watching again changes nothing")
 	reg := prometheus.NewRegistry()
 	require.NoError(t, reg.Register(d))
 
@@ -79,23 +80,43 @@ func TestDeadLetters_readsAtScrapeTimeWithACache(t *testing.T) {
 	require.False(t, m.Has("retry_kafka_dlq_messages"), "no depth when it could not be read")
 }
 
-func TestNewDeadLetters_rejectsBadConfig(t *testing.T) {
+func TestDeadLetters_watchRejectsBadInput(t *testing.T) {
 	read := (&fakeDepths{}).read
+	d := instrument.NewDeadLetters(time.Second, nil)
 	for name, tt := range map[string]struct {
-		read   instrument.DepthFunc
-		dlqs   map[string]string
-		maxAge time.Duration
-		want   string
+		read           instrument.DepthFunc
+		handler, topic string
+		want           string
 	}{
-		"nil reader":   {nil, map[string]string{"billing": "orders.billing.dlq"}, time.Second, "nil depth reader"},
-		"no topics":    {read, nil, time.Second, "no dead-letter topic"},
-		"no cache age": {read, map[string]string{"billing": "orders.billing.dlq"}, 0, "cache age"},
-		"empty topic":  {read, map[string]string{"billing": ""}, time.Second, "both must be set"},
-		"not UTF-8":    {read, map[string]string{"\xff": "t"}, time.Second, "not valid UTF-8"},
+		"nil reader":  {nil, "billing", "orders.billing.dlq", "nil dead-letter depth reader"},
+		"empty topic": {read, "billing", "", "both must be set"},
+		"not UTF-8":   {read, "\xff", "t", "not valid UTF-8"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := instrument.NewDeadLetters(tt.read, tt.dlqs, tt.maxAge, nil)
-			require.ErrorContains(t, err, tt.want)
+			require.ErrorContains(t, d.Watch(tt.handler, tt.topic, tt.read), tt.want)
 		})
 	}
+}
+
+// Two handlers of one name on two topics: one series, their sum and the
+// older of their oldest; two registrations on one registry share one
+// collector.
+func TestDeadLetters_oneHandlerTwoTopicsAndOneRegistry(t *testing.T) {
+	start := time.Now()
+	f := &fakeDepths{
+		depths: map[string]int64{"orders.billing.dlq": 3, "refunds.billing.dlq": 4},
+		oldest: map[string]time.Time{"orders.billing.dlq": start.Add(-time.Minute), "refunds.billing.dlq": start.Add(-time.Hour)},
+	}
+	reg := prometheus.NewRegistry()
+	a, err := instrument.RegisterDeadLetters(reg)
+	require.NoError(t, err)
+	b, err := instrument.RegisterDeadLetters(reg)
+	require.NoError(t, err)
+	require.Same(t, a, b)
+	require.NoError(t, a.Watch("billing", "orders.billing.dlq", f.read))
+	require.NoError(t, b.Watch("billing", "refunds.billing.dlq", f.read))
+
+	m := instrumenttest.Gather(t, reg)
+	require.Equal(t, 7.0, m.Value("retry_kafka_dlq_messages", "handler_name", "billing"))
+	require.InDelta(t, time.Hour.Seconds(), m.Value("retry_kafka_dlq_oldest_seconds", "handler_name", "billing"), 60)
 }
