@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,16 +18,15 @@ import (
 	"github.com/retry-kafka/retry-kafka/internal/instrument/instrumenttest"
 )
 
-// runShort runs the example on broker for a short while, with short
-// tiers, and returns its output and registry.
-func runShort(t *testing.T, broker string) (string, *prometheus.Registry) {
-	t.Helper()
+// shortRun is one run of the example on its default, embedded broker, for
+// a second with short tiers: its output, its registry and its error.
+var shortRun = sync.OnceValues(func() (*bytes.Buffer, *prometheus.Registry) {
 	var out bytes.Buffer
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	err := run(ctx, options{
-		broker:   broker,
+	if err := run(ctx, options{
+		broker:   "kafka://embedded",
 		listen:   "127.0.0.1:0",
 		duration: time.Second,
 		rate:     40,
@@ -33,8 +34,19 @@ func runShort(t *testing.T, broker string) (string, *prometheus.Registry) {
 		every:    300 * time.Millisecond,
 		out:      &out,
 		registry: reg,
-	})
-	require.NoError(t, err, "output:\n%s", out.String())
+	}); err != nil {
+		fmt.Fprintf(&out, "\nrun: %v\n", err)
+		return &out, nil
+	}
+	return &out, reg
+})
+
+// runShort returns the output and registry of shortRun, failing t if it
+// failed.
+func runShort(t *testing.T) (string, *prometheus.Registry) {
+	t.Helper()
+	out, reg := shortRun()
+	require.NotNil(t, reg, "the example failed:\n%s", out.String())
 	return out.String(), reg
 }
 
@@ -42,7 +54,7 @@ func runShort(t *testing.T, broker string) (string, *prometheus.Registry) {
 // own /metrics while orders fail and recover, then the trace of a
 // dead-lettered order across every hop.
 func TestRun_printsScrapesAndATrace(t *testing.T) {
-	out, _ := runShort(t, "kafka://embedded")
+	out, _ := runShort(t)
 	require.Contains(t, out, "serving metrics on http://127.0.0.1:")
 	require.Contains(t, out, "retry_kafka_tier_messages_total{handler_name=billing,tier=1}")
 	require.Contains(t, out, "retry_kafka_dead_letters_total{handler_name=billing,reason=exhausted}")
@@ -80,7 +92,7 @@ func TestDashboard_queriesOnlyExportedMetrics(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(raw, &dash))
 
-	_, reg := runShort(t, "kafka://embedded")
+	_, reg := runShort(t)
 	exported := instrumenttest.Gather(t, reg)
 
 	queried := map[string]bool{}
