@@ -66,12 +66,16 @@ type Config struct {
 	// global registry.
 	Registerer prometheus.Registerer
 
-	// TracerProvider, when set, traces every attempt: a span per attempt
-	// ("process {topic}", a child of the trace context the message carries
-	// and linked to the span of its first delivery) and a span per copy
-	// published ("send {topic}"), whose W3C trace context (traceparent,
-	// tracestate) the copy carries, so that its tier attempt and dead
-	// letter belong to the same trace (see the README, "Tracing").
+	// TracerProvider, when set, traces the attempts: a span per attempt
+	// ("process {topic}", a child of the span in the message's context or
+	// of the trace context in its metadata; on a tier, linked to the span
+	// of the first delivery) and a span per copy published ("send
+	// {topic}"), whose W3C trace context (traceparent, tracestate) the
+	// copy carries, so that its tier attempt and dead letter belong to the
+	// same trace. The first attempt's span starts before the handler runs
+	// when the message's trace is sampled; otherwise only if the handler
+	// fails, back-dated to when it began, so that the happy path of an
+	// unrecorded trace costs no span (see the README, "Tracing").
 	//
 	// Optional. Defaults to none: no spans; the trace context a message
 	// carries is copied to every hop as it is.
