@@ -130,8 +130,8 @@ func (t *Tracer) span(topic, operation string, opType attribute.KeyValue, kind t
 //
 // The steps are kept in separate functions that are not inlined, so that
 // their frames are not on the stack while the SDK starts the span (deep
-// already): a goroutine that the router starts per message grows its stack,
-// by copying it, for every few hundred bytes more it needs.
+// already): the router starts a goroutine per message, with a small stack
+// that is copied into a larger one whenever it runs out.
 func (s *Span) start(ctx context.Context, link trace.SpanContext, at time.Time, id string, attempt, tier int) (context.Context, trace.Span) {
 	ctx, span := s.startSDK(ctx, link, at)
 	if span.IsRecording() {
@@ -142,13 +142,15 @@ func (s *Span) start(ctx context.Context, link trace.SpanContext, at time.Time, 
 
 //go:noinline
 func (s *Span) startSDK(ctx context.Context, link trace.SpanContext, at time.Time) (context.Context, trace.Span) {
-	switch {
-	case link.IsValid():
-		return s.tracer.tracer.Start(ctx, s.name, s.kind, trace.WithLinks(trace.Link{SpanContext: link}))
-	case !at.IsZero():
-		return s.tracer.tracer.Start(ctx, s.name, s.kind, trace.WithTimestamp(at))
+	opts := make([]trace.SpanStartOption, 1, 3)
+	opts[0] = s.kind
+	if link.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: link}))
 	}
-	return s.tracer.tracer.Start(ctx, s.name, s.kind)
+	if !at.IsZero() {
+		opts = append(opts, trace.WithTimestamp(at))
+	}
+	return s.tracer.tracer.Start(ctx, s.name, opts...)
 }
 
 //go:noinline
