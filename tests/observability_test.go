@@ -195,13 +195,7 @@ func TestTracing_oneTraceAcrossHops(t *testing.T) {
 			}
 		}
 
-		_, dead := r.snapshot()
-		var letter *message.Message
-		for _, d := range dead {
-			if d.msg.UUID == msg.UUID {
-				letter = d.msg
-			}
-		}
+		letter := r.deadLetterOf(msg.UUID)
 		require.NotNil(t, letter)
 		sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier(letter.Metadata)))
 		require.Equal(t, producer.SpanContext().TraceID(), sc.TraceID(), "the dead letter is in the producer's trace")

@@ -319,6 +319,18 @@ func (r *rig) snapshot() ([]call, []deadLetter) {
 	return slices.Clone(r.calls), slices.Clone(r.dead)
 }
 
+// deadLetterOf returns the first dead letter read with the UUID uuid, or
+// nil.
+func (r *rig) deadLetterOf(uuid string) *message.Message {
+	_, dead := r.snapshot()
+	for _, d := range dead {
+		if d.msg.UUID == uuid {
+			return d.msg
+		}
+	}
+	return nil
+}
+
 // handlerTopics returns the topics of handler name.
 func (r *rig) handlerTopics(name string) tiered.Topics {
 	r.mu.Lock()
