@@ -53,7 +53,7 @@ type Config struct {
 	TopicName tiered.TopicNamer
 
 	// Registerer, when set, gets the handler's retry metrics, labelled
-	// handler_name=Handler (see the README, "Metrics"):
+	// handler_name=Handler (see the README, "Metrics and tracing"):
 	// retry_kafka_tier_messages_total, retry_kafka_dead_letters_total,
 	// retry_kafka_successes_total, retry_kafka_publish_failures_total and
 	// the histogram retry_kafka_lateness_seconds. Retriers given the same
@@ -75,7 +75,7 @@ type Config struct {
 	// same trace. The first attempt's span starts before the handler runs
 	// when the message's trace is sampled; otherwise only if the handler
 	// fails, back-dated to when it began, so that the happy path of an
-	// unrecorded trace costs no span (see the README, "Tracing").
+	// unrecorded trace costs no span (see the README, "Metrics and tracing").
 	//
 	// Optional. Defaults to none: no spans; the trace context a message
 	// carries is copied to every hop as it is.

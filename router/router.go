@@ -39,11 +39,11 @@ type Config struct {
 	TopicName tiered.TopicNamer
 
 	// Registerer, when set, gets the retry metrics of every handler added
-	// (see the README, "Metrics"): the middleware's counters and lateness
-	// histogram ([middleware.Config].Registerer) and the holding
-	// subscribers' gauges of held messages ([tiered.SubscriberConfig]
-	// .Registerer), labelled with the handler's name (handler_name) and
-	// tier. Give it the registry of Watermill's
+	// (see the README, "Metrics and tracing"): the middleware's counters
+	// and lateness histogram ([middleware.Config].Registerer) and the
+	// holding subscribers' gauges of held messages
+	// ([tiered.SubscriberConfig].Registerer), labelled with the handler's
+	// name (handler_name) and tier. Give it the registry of Watermill's
 	// metrics.NewPrometheusMetricsBuilder: no name clashes, and
 	// handler_name is the same label. Retriers on one registry share the
 	// metrics.
@@ -52,10 +52,11 @@ type Config struct {
 	// global registry.
 	Registerer prometheus.Registerer
 
-	// TracerProvider, when set, traces every attempt of every handler
-	// added and every copy published, with the W3C trace context carried
-	// in metadata from hop to hop (see [middleware.Config].TracerProvider
-	// and the README, "Tracing").
+	// TracerProvider, when set, traces the attempts of every handler added
+	// and every copy published, with the W3C trace context carried in
+	// metadata from hop to hop (see [middleware.Config].TracerProvider for
+	// when the first attempt gets its span, and the README, "Metrics and
+	// tracing").
 	//
 	// Optional. Defaults to none: no spans.
 	TracerProvider trace.TracerProvider
