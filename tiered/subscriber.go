@@ -33,7 +33,8 @@ type SubscriberConfig struct {
 	// and retry_kafka_oldest_held_seconds (for how long the one held
 	// longest has been held), labelled handler_name=Handler and
 	// tier=Tier. Subscribers and retriers given the same registry share
-	// the gauges, so their holds add up (see the README, "Metrics and tracing").
+	// the gauges, so their holds add up (see the README, "Metrics and
+	// tracing").
 	//
 	// Optional. Defaults to none: nothing is registered.
 	Registerer prometheus.Registerer
