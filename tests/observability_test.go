@@ -125,7 +125,7 @@ func TestMetrics_countWhatHappened(t *testing.T) {
 }
 
 // While messages wait in a long tier, the holding subscriber reports them
-// held.
+// held; the dead-letter topic, empty, reports 0.
 func TestMetrics_heldMessages(t *testing.T) {
 	policy := tiered.Policy{Delays: []time.Duration{time.Hour}, MaxAttempts: 2}
 	forEachBackend(t, func(t *testing.T, b Backend) {
@@ -145,6 +145,17 @@ func TestMetrics_heldMessages(t *testing.T) {
 		require.GreaterOrEqual(t, m.Value("retry_kafka_oldest_held_seconds", "tier", "1"), 0.0)
 		require.Less(t, m.Value("retry_kafka_oldest_held_seconds", "tier", "1"), time.Hour.Seconds())
 		require.Equal(t, 2.0, m.Value("retry_kafka_tier_messages_total", "tier", "1"))
+		if r.dlq != nil {
+			// Nothing was dead-lettered: the topic is empty, or on Redis
+			// does not exist yet, and either reads as 0, not as an error.
+			require.Equal(t, []string{"handler_name=billing"}, m.Series("retry_kafka_dlq_messages"))
+			require.Zero(t, m.Value("retry_kafka_dlq_messages"))
+			require.Zero(t, m.Value("retry_kafka_dlq_read_errors_total"))
+			n, oldest, err := r.dlq.DeadLetterDepth(context.Background(), r.topic+".never-created.dlq")
+			require.NoError(t, err, "a dead-letter topic that does not exist yet holds nothing")
+			require.Zero(t, n)
+			require.True(t, oldest.IsZero())
+		}
 	})
 }
 
