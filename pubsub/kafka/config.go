@@ -84,7 +84,7 @@ type Config struct {
 	// partition moves on; a full window waits for them. The window must
 	// cover the main topic's rate times a copy's confirmation time: 256
 	// was too small on a real broker at 100,000 messages a second, 1024
-	// was not (BENCHMARKS.md, figure 8). Lower it for large messages, or
+	// was not (BENCHMARKS.md, figure 9). Lower it for large messages, or
 	// to bound duplicates more tightly.
 	//
 	// Optional. Defaults to 1024.

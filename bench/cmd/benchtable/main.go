@@ -44,12 +44,14 @@ var figures = []struct {
 		[]string{"record-KiB", "waiting", "d-heap-MiB", "d-rss-MiB"}},
 	{"Rebalance", "6. Kafka rebalance: a second consumer joins (seconds until the group is Stable with 2 members)",
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
-	{"Window", "8. Kafka: the partition window (kafka.Config.PartitionWindow): main-topic throughput against plain watermill-kafka, 10% failing into a 30s tier (fail10) and every message failing once into a 1ms tier (retry)",
-		[]string{"plain-msg/s", "w16-fail10-ratio", "w16-retry-ratio", "w64-fail10-ratio", "w64-retry-ratio", "w256-fail10-ratio", "w256-retry-ratio", "w1024-fail10-ratio", "w1024-retry-ratio", "default-window"}},
-	{"Clients", "9. Kafka: broker connections and goroutines per handler with two tiers, against plain watermill-kafka (a subscriber per subscription, one publisher)",
-		[]string{"tiered-conns/handler", "plain-conns/handler", "tiered-goroutines/handler", "plain-goroutines/handler"}},
 	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak live heap of each operation at 10k and 1M dead letters (MiB above the start)",
 		[]string{"msgs", "plain-msg/s", "redrive-msg/s", "redrive-ratio", "list-10k-MiB", "list-1M-MiB", "stats-10k-MiB", "stats-1M-MiB", "export-10k-MiB", "export-1M-MiB", "redrive-10k-MiB", "redrive-1M-MiB"}},
+	{"Observability", "8. Metrics and tracing on vs off: happy-path CPU per message (ratios off / on; 1% of traces sampled, and all)",
+		[]string{"msgs", "off-cpu-us", "metrics-cpu-ratio", "traced-cpu-ratio", "sampled-cpu-ratio", "sampled-cpu-us"}},
+	{"Window", "9. Kafka: the partition window (kafka.Config.PartitionWindow): main-topic throughput against plain watermill-kafka, 10% failing into a 30s tier (fail10) and every message failing once into a 1ms tier (retry)",
+		[]string{"plain-msg/s", "w16-fail10-ratio", "w16-retry-ratio", "w64-fail10-ratio", "w64-retry-ratio", "w256-fail10-ratio", "w256-retry-ratio", "w1024-fail10-ratio", "w1024-retry-ratio", "default-window"}},
+	{"Clients", "10. Kafka: broker connections and goroutines per handler with two tiers, against plain watermill-kafka (a subscriber per subscription, one publisher)",
+		[]string{"tiered-conns/handler", "plain-conns/handler", "tiered-goroutines/handler", "plain-goroutines/handler"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
 }
@@ -229,6 +231,8 @@ var targets = []target{
 	{"MemoryLarge", "d-rss-MiB < 16 (bounded prefetch)", below("d-rss-MiB", 16), "kafka"},
 	{"DLQ", "redrive-ratio >= 0.5", atLeast("redrive-ratio", 0.5), ""},
 	flatDLQ("list"), flatDLQ("stats"), flatDLQ("export"), flatDLQ("redrive"),
+	{"Observability", "metrics-cpu-ratio >= 0.95", atLeast("metrics-cpu-ratio", 0.95), ""},
+	{"Observability", "traced-cpu-ratio >= 0.95 (metrics and tracing, 1% sampled)", atLeast("traced-cpu-ratio", 0.95), ""},
 }
 
 // flatDLQ checks that an operation's peak heap at 1M dead letters is
