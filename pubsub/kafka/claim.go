@@ -53,8 +53,12 @@ type claim struct {
 	flushMu    sync.Mutex
 	marked     int64
 
-	// Tier topics: the lane of each key with a message in flight (under mu).
-	keys map[string]*keyLane
+	// Tier topics: the lane of each key with a message in flight, and the
+	// message last handed on before it was due, with its due time (under
+	// mu).
+	keys      map[string]*keyLane
+	held      *delivery
+	heldUntil time.Time
 }
 
 func (h *groupHandler) newClaim(sess sarama.ConsumerGroupSession, sc sarama.ConsumerGroupClaim) *claim {
@@ -81,11 +85,20 @@ func (h *groupHandler) newClaim(sess sarama.ConsumerGroupSession, sc sarama.Cons
 	return c
 }
 
-// end stops handing records on and starts the drain's clock.
+// end stops handing records on and starts the drain's clock. A tier
+// message handed on before it was due, which the holding subscriber holds,
+// has its context cancelled at once, so that the hold ends and never holds
+// a rebalance; messages being handled keep theirs until the drain expires.
 func (c *claim) end() {
 	c.endOnce.Do(func() {
 		close(c.ended)
 		time.AfterFunc(c.s.b.config.DrainTimeout, func() { close(c.expired) })
+		c.mu.Lock()
+		held, due := c.held, c.heldUntil
+		c.mu.Unlock()
+		if held != nil && time.Now().Before(due) {
+			held.cancelMessage()
+		}
 	})
 }
 
@@ -185,8 +198,20 @@ func (c *claim) consume(records <-chan *sarama.ConsumerMessage) {
 		d := c.newDelivery(cm, msg)
 		d.rec = rec
 		if c.s.tier {
-			if !c.waitDue(d) || !c.handOnTier(d) {
+			// Hand on the head at once (the holding subscriber holds it
+			// until due), but nothing more until it is due: records behind
+			// it are due no earlier, and stay in the read-ahead.
+			if !c.waitHeld() {
 				return
+			}
+			due := c.dueOf(d)
+			if !c.handOnTier(d) {
+				return
+			}
+			if due.After(time.Now()) {
+				c.mu.Lock()
+				c.held, c.heldUntil = d, due
+				c.mu.Unlock()
 			}
 		} else if !c.handOn(d) {
 			return
@@ -244,10 +269,10 @@ func (c *claim) awaitAck(d *delivery, msg *message.Message) (acked, again bool) 
 	select {
 	case <-msg.Acked():
 		d.rec.Ack()
-		d.cancel()
+		d.cancelMessage()
 		return true, false
 	case <-msg.Nacked():
-		d.cancel()
+		d.cancelMessage()
 	case <-c.expired:
 		return false, false
 	}
@@ -301,16 +326,15 @@ func (c *claim) busy() (bool, <-chan struct{}) {
 	return true, c.changed
 }
 
-// waitDue waits until a tier record is due, as the holding subscriber
-// will judge it (tiered.Subscriber: the due time, clamped to the append
-// time, or the receipt, + the delay when it lies past it by more than the
-// slack), so that what this claim hands on is due and records behind the
-// head stay in Sarama's small buffer. The holding subscriber stays the
-// judge; this only keeps it from holding many. False when the claim ended.
-func (c *claim) waitDue(d *delivery) bool {
+// dueOf returns when the holding subscriber will hand d's tier message on
+// (tiered.Subscriber: its due time, but at most the append time, or the
+// receipt, + the tier's delay when it lies past that by more than the
+// slack), or the zero time for at once. The holding subscriber stays the
+// judge; the claim only paces itself by it.
+func (c *claim) dueOf(d *delivery) time.Time {
 	due, ok, err := tiered.DueAt(d.msg.Metadata)
 	if !ok || err != nil {
-		return true
+		return time.Time{}
 	}
 	now := time.Now()
 	base := now
@@ -321,6 +345,15 @@ func (c *claim) waitDue(d *delivery) bool {
 	if limit := base.Add(c.s.delay + slack); due.After(limit) {
 		due = base.Add(c.s.delay)
 	}
+	return due
+}
+
+// waitHeld waits until the tier message last handed on before it was due
+// is due; false when the claim ended first.
+func (c *claim) waitHeld() bool {
+	c.mu.Lock()
+	due := c.heldUntil
+	c.mu.Unlock()
 	wait := time.Until(due)
 	if wait <= 0 {
 		return true

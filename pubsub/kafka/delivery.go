@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"strconv"
+	"sync"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -22,9 +23,10 @@ import (
 // lets its messages go (after the drain).
 type delivery struct {
 	info   tiered.Delivery
-	base   context.Context // the claim's context with info
-	ctx    deliveryCtx     // the first message's context
-	cancel context.CancelFunc
+	base   context.Context    // the claim's context with info
+	ctx    deliveryCtx        // the first message's context
+	mu     sync.Mutex         // guards cancel once the message is handed on
+	cancel context.CancelFunc // the current message's
 	c      *claim
 	cm     *sarama.ConsumerMessage
 	rec    *offsets.Record
@@ -91,10 +93,22 @@ func (d *delivery) again() *message.Message {
 	}
 	msg.UUID = d.uuid
 	ctx := &deliveryCtx{d: d}
-	ctx.Context, d.cancel = context.WithCancel(d.base)
+	var cancel context.CancelFunc
+	ctx.Context, cancel = context.WithCancel(d.base)
+	d.mu.Lock()
+	d.cancel = cancel
+	d.mu.Unlock()
 	msg.SetContext(ctx)
 	d.msg = msg
 	return msg
+}
+
+// cancelMessage ends the context of the message handed on last.
+func (d *delivery) cancelMessage() {
+	d.mu.Lock()
+	cancel := d.cancel
+	d.mu.Unlock()
+	cancel()
 }
 
 // writeOrigin writes the record's coordinates into md (tiered.Delivery's

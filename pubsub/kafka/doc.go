@@ -34,9 +34,10 @@
 //     before it was acked, so handler calls stay one after another, in offset
 //     order; but the partition does not wait for the copy of a failed
 //     message.
-//   - On a tier, a record is handed on when it is due (the consumer waits for
-//     the head of each partition itself; the holding subscriber stays the
-//     judge of "due"), and due records are handed on concurrently across keys,
+//   - On a tier, the head of each partition is handed on at once and held
+//     by the holding subscriber until due, and nothing behind it until then
+//     (the consumer paces itself by the same due time; the holding subscriber
+//     stays its judge); due records are handed on concurrently across keys,
 //     in order within a key (a record whose key has one in flight waits in its
 //     key's lane).
 //   - Messages carry a tiered.Delivery in their context (the record's append
@@ -56,9 +57,10 @@
 //     only then lets its messages go: a graceful restart handles nothing
 //     twice. After a crash, at most PartitionWindow records per partition plus
 //     those resolved since the last commit are handled again.
-//   - A message held in a tier never holds a rebalance: the wait for the head
-//     ends with the session, and the record, uncommitted, is delivered again
-//     to whoever owns the partition next, held until the same due time.
+//   - A message held in a tier never holds a rebalance: when the session ends
+//     the held message's context ends at once, its hold ends, and the record,
+//     uncommitted, is delivered again to whoever owns the partition next, held
+//     until the same due time.
 //
 // # Copies
 //

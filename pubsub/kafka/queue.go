@@ -7,7 +7,7 @@ import (
 )
 
 // recordQueue is a tier claim's read-ahead: a goroutine moves records from
-// Sarama's channel into it while the claim waits for the head to be due,
+// Sarama's channel into it while the claim waits for its head to be due,
 // so that Sarama never pauses the partition for a slow reader (a pause
 // costs at least 100ms to resume, which all the records behind the head
 // would be late by), up to maxBytes of records (always at least one).

@@ -36,10 +36,11 @@ const (
 // router once the one before it was acked: handler calls stay one after
 // another, in offset order, but the partition does not wait for the tier
 // copy of a failed message, which is produced asynchronously and resolves
-// the record when confirmed (copy.go). On a tier topic, records are handed
-// on when due (the claim waits for the head itself, so the holding
-// subscriber above barely holds), concurrently across keys and in order
-// within a key. Either way the partition is committed up to its oldest
+// the record when confirmed (copy.go). On a tier topic, the head of the
+// partition is handed on at once and held by the holding subscriber above,
+// but nothing behind it until it is due (one hold per partition, the rest
+// stays in the read-ahead); due records are handed on concurrently across
+// keys and in order within a key. Either way the partition is committed up to its oldest
 // unresolved record, and reads at most Config.PartitionWindow offsets
 // ahead of it.
 //
