@@ -76,7 +76,11 @@
 // be published (tiered.ErrUnpublishable: too large, unknown or invalid topic,
 // not authorized, policy or config) is replaced by a tiered.DeadLetterStub in
 // the dead-letter topic; if even that fails, the record stays uncommitted and
-// the stub is tried again with a growing delay, logged at Error once.
+// the stub is tried again with a growing delay, logged at Error once. (Sarama
+// batches records up to Producer.MaxMessageBytes, and a broker refuses a whole
+// batch larger than the topic's max.message.bytes as too large: keep the
+// former no larger than the latter, as Sarama's documentation asks, or copies
+// that would fit alone may be taken for ones that never fit.)
 //
 // Early ack (Watermill's InstantAck): a copy that the handler publishes
 // before the next commit interval after the Ack still holds the record's
