@@ -1,0 +1,199 @@
+package redisstream_test
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/retry-kafka/retry-kafka/internal/redistest"
+	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// TestCluster_failoverKeepsTheHandlerRunning runs a handler on a Redis
+// Cluster of three masters with one replica each while messages flow
+// through its main topic and a tier, and kills (SIGKILL) the master of the
+// main stream, then, once its replica took over, the master of the tier
+// stream, with entries held in it. The router is never restarted: every
+// message is handled from the tier, none early, none lost, nothing
+// dead-lettered. Duplicates and the outages are logged (RELIABILITY.md has
+// the figures of a run).
+func TestCluster_failoverKeepsTheHandlerRunning(t *testing.T) {
+	t.Parallel()
+	cluster := redistest.StartCluster(t, redistest.ClusterConfig{ReplicasPerMaster: 1, NodeTimeout: 2 * time.Second})
+	client := newClusterClient(t, cluster.Addrs())
+	logger := newLogger(t)
+	// MaxIdleTime stays above the failover time (node timeout + election),
+	// or the consumer's own claim loop would take back entries whose acks
+	// or reads stopped during the failover.
+	b := newBackend(t, client, redisstream.Config{
+		MaxIdleTime:     10 * time.Second,
+		ClaimInterval:   200 * time.Millisecond,
+		NackResendSleep: 100 * time.Millisecond,
+	}, logger)
+	const delay = time.Second
+	policy := tiered.Policy{Delays: []time.Duration{delay}, MaxAttempts: 3}
+	topics := spreadTopics(t, client, policy, "billing")
+	tier := topics.Tiers[0]
+
+	var (
+		mu    sync.Mutex
+		calls []failoverCall
+	)
+	runRouter(t, b, policy, "billing", topics.Main, func(msg *message.Message) error {
+		c := failoverCall{uuid: msg.UUID, topic: message.SubscribeTopicFromCtx(msg.Context()), at: time.Now()}
+		if due, ok, _ := tiered.DueAt(msg.Metadata); ok {
+			c.due = due
+		}
+		mu.Lock()
+		calls = append(calls, c)
+		mu.Unlock()
+		if c.topic == topics.Main {
+			return errors.New("fails once, then succeeds from the tier")
+		}
+		return nil
+	}, logger)
+
+	// The producer publishes one message after another, each again until
+	// Redis takes it (as an application would), until told to stop.
+	const interval = 20 * time.Millisecond
+	var publishedN, publishErrors atomic.Int64
+	stop := make(chan struct{})
+	producerDone := make(chan struct{})
+	go func() {
+		defer close(producerDone)
+		for i := 0; ; i++ {
+			msg := message.NewMessage("m"+strconv.Itoa(i), []byte("payload"))
+			for b.Publisher().Publish(topics.Main, msg) != nil {
+				publishErrors.Add(1)
+				time.Sleep(50 * time.Millisecond)
+			}
+			publishedN.Add(1)
+			select {
+			case <-stop:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-producerDone
+	}()
+	// publishMore waits until the producer published k more messages.
+	publishMore := func(k int64) {
+		t.Helper()
+		target := publishedN.Load() + k
+		require.Eventually(t, func() bool { return publishedN.Load() >= target }, 3*waitFor, tick, "the producer is stuck at %d messages", publishedN.Load())
+	}
+	stamp := func(what string, args ...any) {
+		t.Logf("%s "+what, append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+	}
+
+	ctx := context.Background()
+	kill := func(stream string) (string, time.Time) {
+		t.Helper()
+		addr := masterOf(t, client, stream)
+		require.NoError(t, cluster.Kill(addr))
+		stamp("killed %s, master of %s", addr, stream)
+		return addr, time.Now()
+	}
+
+	publishMore(50)
+	mainMaster, mainKilled := kill(topics.Main)
+	publishMore(1) // the producer got through: a replica took over
+	stamp("published again")
+	require.NoError(t, cluster.Restart(mainMaster))
+	readyCtx, cancel := context.WithTimeout(ctx, 3*waitFor)
+	require.NoError(t, cluster.WaitReady(readyCtx), "the old master did not rejoin")
+	cancel()
+	stamp("old master rejoined")
+
+	publishMore(50) // tier entries held while the tier's master dies
+	_, tierKilled := kill(tier)
+	publishMore(100)
+	close(stop)
+	<-producerDone
+	n := int(publishedN.Load())
+	stamp("published %d in all", n)
+
+	handled := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		out := map[string]int{}
+		for _, c := range calls {
+			if c.topic == tier {
+				out[c.uuid]++
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return len(handled()) == n }, 3*waitFor, tick, "not every message was handled from the tier")
+
+	mu.Lock()
+	all := append([]failoverCall(nil), calls...)
+	mu.Unlock()
+	duplicates := map[string]int{}
+	for _, c := range all {
+		require.True(t, c.topic == topics.Main || c.topic == tier, "handled from %s", c.topic)
+		if c.topic == tier {
+			require.False(t, c.at.Before(c.due), "%s handled from the tier %v before its due time", c.uuid, c.due.Sub(c.at))
+		}
+	}
+	perTopic := map[string]map[string]int{}
+	for _, c := range all {
+		if perTopic[c.topic] == nil {
+			perTopic[c.topic] = map[string]int{}
+		}
+		perTopic[c.topic][c.uuid]++
+	}
+	for topic, counts := range perTopic {
+		for _, k := range counts {
+			duplicates[topic] += k - 1
+		}
+	}
+	require.Zero(t, xlen(t, client, topics.DLQ), "a message was dead-lettered")
+
+	t.Logf("%d messages; %d publish attempts failed; duplicate handlings: main %d, tier %d", n, publishErrors.Load(), duplicates[topics.Main], duplicates[tier])
+	t.Logf("main stream's master killed: longest gap between main-topic handlings after it %v", longestGap(all, topics.Main, mainKilled))
+	t.Logf("tier stream's master killed: longest gap between tier handlings after it %v", longestGap(all, tier, tierKilled))
+}
+
+// failoverCall is one handling in TestCluster_failoverKeepsTheHandlerRunning.
+type failoverCall struct {
+	uuid  string
+	topic string
+	at    time.Time
+	due   time.Time
+}
+
+// longestGap returns the longest time between two handlings from topic
+// that follows since, counting from since.
+func longestGap(calls []failoverCall, topic string, since time.Time) time.Duration {
+	var at []time.Time
+	for _, c := range calls {
+		if c.topic == topic && c.at.After(since) {
+			at = append(at, c.at)
+		}
+	}
+	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+	var gap time.Duration
+	last := since
+	for _, a := range at {
+		gap = max(gap, a.Sub(last))
+		last = a
+	}
+	return gap
+}
