@@ -46,6 +46,14 @@ type ClusterConfig struct {
 	//
 	// Optional. Defaults to 15s, Redis's default.
 	NodeTimeout time.Duration
+
+	// ServerArgs are more redis-server arguments for every node. They come
+	// after those that turn persistence off, so "--appendonly", "yes"
+	// turns the append-only file on (a master without replicas then gets
+	// its streams back when it restarts).
+	//
+	// Optional. Defaults to none.
+	ServerArgs []string
 }
 
 // Cluster is a Redis Cluster of redis-server processes on 127.0.0.1 that
@@ -169,7 +177,7 @@ func startCluster(config ClusterConfig) (*Cluster, error) {
 
 	total := config.Masters * (1 + config.ReplicasPerMaster)
 	for i := range total {
-		n, err := launchNode(server, filepath.Join(dir, strconv.Itoa(i)), config.NodeTimeout)
+		n, err := launchNode(server, filepath.Join(dir, strconv.Itoa(i)), config)
 		if err != nil {
 			return nil, err
 		}
@@ -193,7 +201,7 @@ func startCluster(config ClusterConfig) (*Cluster, error) {
 
 // launchNode starts one cluster node in dir on a port whose cluster bus
 // port (port + 10000) is free too.
-func launchNode(bin, dir string, nodeTimeout time.Duration) (*server, error) {
+func launchNode(bin, dir string, config ClusterConfig) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -207,11 +215,12 @@ func launchNode(bin, dir string, nodeTimeout time.Duration) (*server, error) {
 			lastErr = fmt.Errorf("cluster bus port %d of port %d is not free", port+10000, port)
 			continue
 		}
-		s, err := launch(bin, dir, port,
+		args := append([]string{
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
-		)
+			"--cluster-node-timeout", strconv.FormatInt(config.NodeTimeout.Milliseconds(), 10),
+		}, config.ServerArgs...)
+		s, err := launch(bin, dir, port, args...)
 		if err == nil {
 			return s, nil
 		}

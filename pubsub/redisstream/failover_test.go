@@ -5,11 +5,13 @@ import (
 	"errors"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
@@ -196,4 +198,133 @@ func longestGap(calls []failoverCall, topic string, since time.Time) time.Durati
 		last = a
 	}
 	return gap
+}
+
+// TestCluster_lostMasterWithoutReplica kills (SIGKILL) a master that has
+// no replica, in a cluster whose nodes keep an append-only file, while two
+// handlers run: "billing" on a stream of that master, "shipping" on a
+// stream of another. Without a replica, the lost master's streams are out
+// until it restarts. With cluster-require-full-coverage yes (Redis's
+// default) the whole cluster refuses commands (CLUSTERDOWN) once the
+// others mark the master failed, after the node timeout; with no, the
+// other masters' streams go on. Either way, once the master is back with
+// its append-only file, both handlers go on by themselves and nothing is
+// lost.
+func TestCluster_lostMasterWithoutReplica(t *testing.T) {
+	t.Parallel()
+	for _, fullCoverage := range []bool{true, false} {
+		t.Run("cluster-require-full-coverage="+map[bool]string{true: "yes", false: "no"}[fullCoverage], func(t *testing.T) {
+			t.Parallel()
+			testLostMasterWithoutReplica(t, fullCoverage)
+		})
+	}
+}
+
+func testLostMasterWithoutReplica(t *testing.T, fullCoverage bool) {
+	const nodeTimeout = 2 * time.Second
+	cluster := redistest.StartCluster(t, redistest.ClusterConfig{
+		NodeTimeout: nodeTimeout,
+		ServerArgs: []string{
+			"--appendonly", "yes", "--appendfsync", "always",
+			"--cluster-require-full-coverage", map[bool]string{true: "yes", false: "no"}[fullCoverage],
+		},
+	})
+	client := newClusterClient(t, cluster.Addrs())
+	logger := newLogger(t)
+	b := newBackend(t, client, redisstream.Config{
+		MaxIdleTime:     30 * time.Second, // above the outage: nothing is claimed again
+		ClaimInterval:   200 * time.Millisecond,
+		NackResendSleep: 100 * time.Millisecond,
+	}, logger)
+	policy := tiered.Policy{Delays: []time.Duration{time.Second}}
+
+	// Two main streams on two masters.
+	lost := redistest.Name(t, "orders")
+	kept := redistest.Name(t, "parcels")
+	for masterOf(t, client, kept) == masterOf(t, client, lost) {
+		kept = redistest.Name(t, "parcels")
+	}
+	lostMaster := masterOf(t, client, lost)
+
+	var mu sync.Mutex
+	handled := map[string]int{}
+	h := func(msg *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[msg.UUID]++
+		return nil
+	}
+	count := func(uuids ...string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, u := range uuids {
+			if handled[u] > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	runRouter(t, b, policy, "billing", lost, h, logger)
+	runRouter(t, b, policy, "shipping", kept, h, logger)
+
+	// publish publishes a message to topic, again until Redis takes it.
+	var uuids []string
+	publish := func(topic string) {
+		t.Helper()
+		msg := message.NewMessage(watermill.NewUUID(), []byte("payload"))
+		require.Eventually(t, func() bool { return b.Publisher().Publish(topic, msg) == nil }, 6*waitFor, 50*time.Millisecond, "%s never took a message", topic)
+		uuids = append(uuids, msg.UUID)
+	}
+	publish(lost)
+	publish(kept)
+	require.Eventually(t, func() bool { return count(uuids...) == 2 }, waitFor, tick)
+
+	require.NoError(t, cluster.Kill(lostMaster))
+	killed := time.Now()
+	require.Error(t, b.Publisher().Publish(lost, message.NewMessage(watermill.NewUUID(), nil)), "a stream of the dead master took a message")
+
+	if fullCoverage {
+		// Once the master is marked failed, no stream takes anything.
+		require.Eventually(t, func() bool {
+			err := b.Publisher().Publish(kept, message.NewMessage(watermill.NewUUID(), nil))
+			return err != nil && strings.Contains(err.Error(), "CLUSTERDOWN")
+		}, 3*waitFor, 50*time.Millisecond, "the cluster never went down")
+		t.Logf("full coverage: CLUSTERDOWN on every stream %v after the kill (node timeout %v)", time.Since(killed), nodeTimeout)
+	} else {
+		// The other masters' streams go on, long after the node timeout.
+		for range 5 {
+			publish(kept)
+		}
+		require.Eventually(t, func() bool { return count(uuids...) == len(uuids) }, waitFor, tick, "a stream of a live master stopped")
+		deadline := killed.Add(2 * nodeTimeout)
+		for time.Now().Before(deadline) {
+			publish(kept)
+		}
+		require.Eventually(t, func() bool { return count(uuids...) == len(uuids) }, waitFor, tick, "a stream of a live master stopped after the node timeout")
+	}
+	// While the master is down, messages for its streams wait in the
+	// producer; once it is back they all go through.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		publish(lost)
+		publish(kept)
+	}()
+
+	require.NoError(t, cluster.Restart(lostMaster))
+	restarted := time.Now()
+	<-done
+	t.Logf("master restarted %v after the kill; a message for its stream went through %v after the restart", restarted.Sub(killed), time.Since(restarted))
+	require.Eventually(t, func() bool { return count(uuids...) == len(uuids) }, 3*waitFor, tick, "not every message was handled after the restart")
+	t.Logf("every message handled %v after the restart", time.Since(restarted))
+	// The restarted master read its streams back from the append-only
+	// file: the entry handled before the kill, the one after.
+	require.EqualValues(t, 2, xlen(t, client, lost))
+	require.Eventually(t, func() bool { return pending(client, lost, lost+".billing")+pending(client, kept, kept+".shipping") == 0 }, waitFor, tick)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, u := range uuids {
+		require.Equal(t, 1, handled[u], "message %s handled %d times", u, handled[u])
+	}
 }
