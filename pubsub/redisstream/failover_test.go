@@ -321,7 +321,9 @@ func testLostMasterWithoutReplica(t *testing.T, fullCoverage bool) {
 	// The restarted master read its streams back from the append-only
 	// file: the entry handled before the kill, the one after.
 	require.EqualValues(t, 2, xlen(t, client, lost))
-	require.Eventually(t, func() bool { return pending(client, lost, lost+".billing")+pending(client, kept, kept+".shipping") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool {
+		return pending(client, lost, lost+".billing")+pending(client, kept, kept+".shipping") == 0
+	}, waitFor, tick)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, u := range uuids {
