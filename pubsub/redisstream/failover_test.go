@@ -322,8 +322,8 @@ func testLostMasterWithoutReplica(t *testing.T, fullCoverage bool) {
 	// file: the entry handled before the kill, the one after.
 	require.EqualValues(t, 2, xlen(t, client, lost))
 	require.Eventually(t, func() bool {
-		return pending(client, lost, lost+".billing")+pending(client, kept, kept+".shipping") == 0
-	}, waitFor, tick)
+		return pending(client, lost, lost+".billing") == 0 && pending(client, kept, kept+".shipping") == 0
+	}, waitFor, tick, "entries left pending")
 	mu.Lock()
 	defer mu.Unlock()
 	for _, u := range uuids {
