@@ -59,9 +59,8 @@ type ClusterConfig struct {
 // Cluster is a Redis Cluster of redis-server processes on 127.0.0.1 that
 // this package started: one process and one directory per node.
 type Cluster struct {
-	dir     string
-	nodes   []*server
-	masters int
+	dir   string
+	nodes []*server
 }
 
 // StartCluster starts a cluster for t with config, waits until every node
@@ -167,7 +166,7 @@ func startCluster(config ClusterConfig) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{dir: dir, masters: config.Masters}
+	c := &Cluster{dir: dir}
 	ok := false
 	defer func() {
 		if !ok {
