@@ -36,6 +36,10 @@ type Backend struct {
 	closed bool
 	dlqs   map[string]struct{}
 	subs   map[*subscriber]struct{}
+
+	// On a Redis Cluster, refreshTopology runs until stopRefresh is
+	// closed, then closes refreshDone (both nil on other clients).
+	stopRefresh, refreshDone chan struct{}
 }
 
 var _ tiered.Backend = (*Backend)(nil)
@@ -74,6 +78,10 @@ func New(ctx context.Context, config Config, logger watermill.LoggerAdapter) (*B
 		if err != nil {
 			return nil, err
 		}
+	}
+	if cluster, ok := config.Client.(*redis.ClusterClient); ok {
+		b.stopRefresh, b.refreshDone = make(chan struct{}), make(chan struct{})
+		go refreshTopology(cluster, b.stopRefresh, b.refreshDone)
 	}
 	logger.Debug("Redis stream backend ready", watermill.LogFields{"redis_version": version, "max_len": config.MaxLen})
 	return b, nil
@@ -325,6 +333,10 @@ func (b *Backend) Close() error {
 	var errs []error
 	for _, s := range subs {
 		errs = append(errs, s.Close())
+	}
+	if b.stopRefresh != nil {
+		close(b.stopRefresh)
+		<-b.refreshDone
 	}
 	if b.ownsClient {
 		errs = append(errs, b.client.Close())

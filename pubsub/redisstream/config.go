@@ -27,9 +27,11 @@ const (
 // Config configures a [Backend].
 type Config struct {
 	// Client is the Redis client that every publisher and subscriber of the
-	// backend uses. The caller keeps owning it: the backend never closes
-	// it, and the caller closes it after the backend and every router using
-	// the backend are closed. Use [Open] to have the backend own a client.
+	// backend uses: a *redis.Client, or a *redis.ClusterClient for a Redis
+	// Cluster (see the package doc). The caller keeps owning it: the
+	// backend never closes it, and the caller closes it after the backend
+	// and every router using the backend are closed. Use [Open] to have
+	// the backend own a client.
 	//
 	// Required.
 	Client redis.UniversalClient

@@ -24,6 +24,23 @@
 // Nacked message is delivered again after NackResendSleep (1s), not in a
 // hot loop.
 //
+// # Redis Cluster
+//
+// Config.Client may be a *redis.ClusterClient. Every command the backend
+// and watermill-redisstream send names one stream (and [Backend.ListTopics]
+// scans every master), so a handler's streams need no common hash tag: its
+// main, tier and dead-letter streams live on whichever masters their names
+// hash to. A stream is one key, so one topic is served by one master: the
+// cluster spreads topics and tiers, not the entries of one stream. The
+// backend has a cluster client reload its slot map every second (go-redis
+// v9 otherwise waits up to ClusterStateReloadInterval, 60s by default,
+// when a master dies without answering), so a failover stops the streams
+// of the lost master for the cluster's own failover time, about
+// cluster-node-timeout plus a second; keep MaxIdleTime above it. A master
+// without a replica is an outage of its streams until it restarts (of the
+// whole cluster once it is marked failed, with Redis's default
+// cluster-require-full-coverage yes).
+//
 // # Entries that are not Watermill messages
 //
 // watermill-redisstream ends a subscription on an entry it cannot decode
