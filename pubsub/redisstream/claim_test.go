@@ -70,7 +70,7 @@ func TestBackend_heldMessageIsNotClaimed(t *testing.T) {
 	_, handler := runRouter(t, b1, policy, "billing", topic, h, logger)
 	runRouter(t, b2, policy, "billing", topic, h, logger)
 	tier := handler.Topics.Tiers[0]
-	group := "billing.retry.3s"
+	group := handler.Topics.Group(tier)
 
 	published := time.Now()
 	require.NoError(t, b1.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
@@ -115,7 +115,7 @@ func TestBackend_heldMessageIsClaimedWithMainTopicSettings(t *testing.T) {
 	logger := newLogger(t)
 	b := newBackend(t, client, redisstream.Config{MaxIdleTime: testIdle, ClaimInterval: testInterval}, logger)
 	tier := redistest.Name(t, "orders.billing.retry.3s")
-	const group = "billing.retry.3s"
+	group := tier
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -173,12 +173,12 @@ func TestBackend_deadConsumersEntryIsRecovered(t *testing.T) {
 	topic := redistest.Name(t, "orders")
 	ctx := context.Background()
 
-	require.NoError(t, client.XGroupCreateMkStream(ctx, topic, "billing", "0").Err())
+	require.NoError(t, client.XGroupCreateMkStream(ctx, topic, topic+".billing", "0").Err())
 	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
-	read, err := client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "billing", Consumer: "dead", Streams: []string{topic, ">"}, Count: 1}).Result()
+	read, err := client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: topic + ".billing", Consumer: "dead", Streams: []string{topic, ">"}, Count: 1}).Result()
 	require.NoError(t, err)
 	require.Len(t, read[0].Messages, 1)
-	require.EqualValues(t, 1, pending(client, topic, "billing"))
+	require.EqualValues(t, 1, pending(client, topic, topic+".billing"))
 
 	var rec recorder
 	runRouter(t, b, tiered.Policy{Delays: []time.Duration{time.Second}}, "billing", topic,
@@ -186,6 +186,6 @@ func TestBackend_deadConsumersEntryIsRecovered(t *testing.T) {
 
 	require.Eventually(t, func() bool { return rec.count() == 1 }, waitFor, tick)
 	require.Equal(t, "m1", rec.all()[0].uuid)
-	require.Eventually(t, func() bool { return pending(client, topic, "billing") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool { return pending(client, topic, topic+".billing") == 0 }, waitFor, tick)
 	require.Never(t, func() bool { return rec.count() > 1 }, 300*time.Millisecond, tick)
 }

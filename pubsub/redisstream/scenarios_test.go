@@ -29,7 +29,7 @@ func TestBackend_happyPathTouchesNoTier(t *testing.T) {
 		func(msg *message.Message) error { rec.record(msg); return nil }, logger)
 
 	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", []byte("one")), message.NewMessage("m2", []byte("two"))))
-	require.Eventually(t, func() bool { return rec.count() == 2 && pending(client, topic, "app.billing") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool { return rec.count() == 2 && pending(client, topic, "app."+topic+".billing") == 0 }, waitFor, tick)
 
 	require.Equal(t, []string{topic, topic}, rec.topics())
 	require.Equal(t, "m1", rec.all()[0].uuid)
@@ -41,7 +41,7 @@ func TestBackend_happyPathTouchesNoTier(t *testing.T) {
 	groups, err := client.XInfoGroups(context.Background(), topic).Result()
 	require.NoError(t, err)
 	require.Len(t, groups, 1)
-	require.Equal(t, "app.billing", groups[0].Name, "ConsumerGroupPrefix + handler name")
+	require.Equal(t, "app."+topic+".billing", groups[0].Name, "ConsumerGroupPrefix + {topic}.{handler}")
 }
 
 func TestBackend_failOnceThenSucceedFromFirstTier(t *testing.T) {
@@ -63,7 +63,7 @@ func TestBackend_failOnceThenSucceedFromFirstTier(t *testing.T) {
 
 	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
 	require.Eventually(t, func() bool { return rec.count() == 2 }, waitFor, tick)
-	require.Eventually(t, func() bool { return pending(client, h.Topics.Tiers[0], "billing.retry.300ms") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool { return pending(client, h.Topics.Tiers[0], h.Topics.Group(h.Topics.Tiers[0])) == 0 }, waitFor, tick)
 
 	calls := rec.all()
 	require.Equal(t, []string{topic, h.Topics.Tiers[0]}, rec.topics())
@@ -126,7 +126,7 @@ func TestBackend_permanentErrorGoesStraightToDLQ(t *testing.T) {
 	require.Contains(t, dlq.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "not retried")
 	require.Contains(t, dlq.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "card declined")
 	require.Zero(t, xlen(t, client, h.Topics.Tiers[0]))
-	require.Eventually(t, func() bool { return pending(client, topic, "billing") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool { return pending(client, topic, topic+".billing") == 0 }, waitFor, tick)
 }
 
 func TestBackend_foreignEntriesGoToDLQAndTheHandlerGoesOn(t *testing.T) {
@@ -155,7 +155,7 @@ func TestBackend_foreignEntriesGoToDLQAndTheHandlerGoesOn(t *testing.T) {
 	require.Eventually(t, func() bool { return rec.count() == 2 }, waitFor, tick)
 	require.Equal(t, []string{"m1", "m2"}, []string{rec.all()[0].uuid, rec.all()[1].uuid})
 	dlq := waitStream(t, client, h.Topics.DLQ, 2)
-	require.Eventually(t, func() bool { return pending(client, topic, "billing") == 0 }, waitFor, tick, "every entry acked")
+	require.Eventually(t, func() bool { return pending(client, topic, topic+".billing") == 0 }, waitFor, tick, "every entry acked")
 
 	for i, want := range []struct {
 		id     string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -282,7 +283,7 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	}
 	out.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason, tiered.MaxErrorBytes))
 	out.Metadata.Set(wmiddleware.PoisonedTopicKey, l.topic)
-	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, l.s.params.Group)
+	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, l.s.handler())
 	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, l.s.consumer)
 	out.SetContext(l.stop)
 	if err := l.s.b.publish(dlq, out, false); err != nil {
@@ -302,6 +303,16 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	l.lastAcked = id
 	marker.Ack()
 	return true
+}
+
+// handler names the handler for the poison keys: the group without the
+// "{topic}." that [tiered.Topics.Group] puts before the handler's name on
+// its own topic; on a tier, whose group is the tier topic, the group.
+func (s *subscriber) handler() string {
+	if h, ok := strings.CutPrefix(s.params.Group, s.params.Topic+"."); ok && s.params.Topic != "" && h != "" {
+		return h
+	}
+	return s.params.Group
 }
 
 // quietLogger logs at Debug the errors that only say that a subscription
