@@ -66,11 +66,11 @@ func New(ctx context.Context, config Config, logger watermill.LoggerAdapter) (*B
 		dlqs:           map[string]struct{}{},
 		subs:           map[*subscriber]struct{}{},
 	}
-	if b.untrimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{b.client}}, logger); err != nil {
+	if b.untrimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{UniversalClient: b.client}}, logger); err != nil {
 		return nil, err
 	}
 	if config.MaxLen > 0 {
-		b.trimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{b.client}, DefaultMaxlen: config.MaxLen}, logger)
+		b.trimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{UniversalClient: b.client}, DefaultMaxlen: config.MaxLen}, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -231,16 +231,21 @@ func (b *Backend) publish(topic string, msg *message.Message, trim bool) error {
 // ("{host}-{pid}-{random}"). A new group reads its stream from the first
 // entry.
 //
-// Entries pending on a consumer that stopped are claimed by the others
-// after Config.MaxIdleTime, or params.Delay + Config.MaxIdleTime on a tier,
-// so that an entry held until its due time is never taken from a live
-// consumer. An entry that is not a Watermill message goes to params.DLQ
-// with the reason (or is logged and dropped when params.DLQ is empty); the
-// subscription goes on.
+// The consumer refreshes its claim on every entry it has in hand (in the
+// handler, held until due, or read ahead) every Config.MaxIdleTime/3, so no
+// other consumer takes them while it lives; entries pending on a consumer
+// that stopped are claimed by the others after Config.MaxIdleTime, on every
+// stream, tiers included. An entry that is not a Watermill message goes to
+// params.DLQ with the reason (or is logged and dropped when params.DLQ is
+// empty); the subscription goes on. An entry in Watermill's field layout
+// without a UUID gets tiered.OriginUUID("redis", stream, entry ID).
 //
-// The message context a handler sees does not end when the subscription's
-// context does: closing lets the message in flight finish for at most
-// Config.CloseTimeout and acks it in Redis.
+// Every message's context carries a [tiered.Delivery]: the entry ID's time
+// and the entry's coordinates ([tiered.KeyRedisStream],
+// [tiered.KeyRedisEntryID]). The context does not end when the message is
+// acked, nor when the subscription's context does: closing lets the message
+// in flight finish for at most Config.CloseTimeout, acks it in Redis, and
+// then ends every message's context.
 func (b *Backend) Subscriber(params tiered.SubscribeParams) (message.Subscriber, error) {
 	var errs []error
 	if params.Group == "" {

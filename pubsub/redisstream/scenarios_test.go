@@ -2,8 +2,10 @@ package redisstream_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,31 +160,107 @@ func TestBackend_foreignEntriesGoToDLQAndTheHandlerGoesOn(t *testing.T) {
 	require.Eventually(t, func() bool { return pending(client, topic, topic+".billing") == 0 }, waitFor, tick, "every entry acked")
 
 	for i, want := range []struct {
-		id     string
-		fields map[string]string
-		cause  string
+		id    string
+		cause string
 	}{
-		{foreignID, map[string]string{"foo": "bar", "n": "1"}, "_watermill_message_uuid key is missing"},
-		{corruptID, nil, "unmarshal metadata fail"},
+		{foreignID, "_watermill_message_uuid key is missing"},
+		{corruptID, "unmarshal metadata fail"},
 	} {
 		m := dlq[i]
 		reason := m.Metadata.Get(wmiddleware.ReasonForPoisonedKey)
 		require.Contains(t, reason, "could not be decoded")
 		require.Contains(t, reason, want.id)
 		require.Contains(t, reason, want.cause)
+		require.Equal(t, tiered.OriginUUID("redis", topic, want.id), m.UUID, "a stable UUID, from where the entry was")
 		require.Equal(t, want.id, m.Metadata.Get(redisstream.KeyEntryID))
+		require.Equal(t, topic, m.Metadata.Get(tiered.KeyRedisStream))
 		require.Equal(t, topic, m.Metadata.Get(wmiddleware.PoisonedTopicKey))
 		require.Equal(t, "billing", m.Metadata.Get(wmiddleware.PoisonedHandlerKey))
-		var fields map[string]string
-		require.NoError(t, json.Unmarshal(m.Payload, &fields), "payload is the entry's fields as JSON")
-		if want.fields != nil {
-			require.Equal(t, want.fields, fields)
-		} else {
-			require.Equal(t, "x1", fields["_watermill_message_uuid"])
-			require.Equal(t, "metadata", m.Metadata.Get(redisstream.KeyBase64Fields), "metadata is not UTF-8, so base64")
+		require.Equal(t, entryFields(t, client, topic, want.id), restoreFields(t, m), "the entry can be restored from its dead letter")
+	}
+	require.Equal(t, "bWV0YWRhdGE=", dlq[1].Metadata.Get(redisstream.KeyBase64Fields), "metadata is not UTF-8, so base64, name and value")
+	require.Empty(t, errorLogs(logger))
+}
+
+// TestBackend_undecodableEntryKeepsItsFieldNames: field names that are not
+// valid UTF-8, or that contain a comma, or whose base64 equals another
+// field's name, all survive the dead-letter copy.
+func TestBackend_undecodableEntryKeepsItsFieldNames(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	logger := newLogger(t)
+	b := newBackend(t, client, redisstream.Config{}, logger)
+	topic, dlq := redistest.Name(t, "events"), redistest.Name(t, "events.dlq")
+	ctx := context.Background()
+
+	fields := map[string]any{
+		"\xff\xfe name": "text value",
+		"text name":     "\x00\xff binary value",
+		"\x80":          "\x81",
+		"/w==":          "the base64 of the name \xff", // also a field below
+		"\xff":          "x",
+		"a,b":           "\xfe comma in a name",
+		"plain":         "plain",
+		"payload":       "a payload beside fields no Watermill writes",
+		"\xc3\x28 bad":  "",
+	}
+	id, err := client.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: fields}).Result()
+	require.NoError(t, err)
+
+	sub, err := b.Subscriber(tiered.SubscribeParams{Group: "g", Topic: topic, DLQ: dlq})
+	require.NoError(t, err)
+	defer sub.Close()
+	_, err = sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+
+	m := waitStream(t, client, dlq, 1)[0]
+	require.Equal(t, entryFields(t, client, topic, id), restoreFields(t, m))
+	for _, name := range strings.Split(m.Metadata.Get(redisstream.KeyBase64Fields), ",") {
+		raw, err := base64.StdEncoding.DecodeString(name)
+		require.NoError(t, err, "every listed name is base64: %q", name)
+		require.Contains(t, fields, string(raw))
+	}
+	require.NotContains(t, m.Metadata.Get(redisstream.KeyBase64Fields), base64.StdEncoding.EncodeToString([]byte("plain")), "valid fields stay as they are")
+}
+
+// entryFields reads the fields of one stream entry.
+func entryFields(t *testing.T, client redis.UniversalClient, stream, id string) map[string]string {
+	t.Helper()
+	entries, err := client.XRange(context.Background(), stream, id, id).Result()
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	out := map[string]string{}
+	for k, v := range entries[0].Values {
+		out[k] = v.(string)
+	}
+	return out
+}
+
+// restoreFields rebuilds an undecodable entry's fields from its dead-letter
+// copy, as the docs of redisstream.KeyBase64Fields say.
+func restoreFields(t *testing.T, m *message.Message) map[string]string {
+	t.Helper()
+	var payload map[string]string
+	require.NoError(t, json.Unmarshal(m.Payload, &payload), "payload is the entry's fields as JSON")
+	encoded := map[string]bool{}
+	if list := m.Metadata.Get(redisstream.KeyBase64Fields); list != "" {
+		for _, name := range strings.Split(list, ",") {
+			encoded[name] = true
 		}
 	}
-	require.Empty(t, errorLogs(logger))
+	out := map[string]string{}
+	for k, v := range payload {
+		if !encoded[k] {
+			out[k] = v
+			continue
+		}
+		name, err := base64.StdEncoding.DecodeString(k)
+		require.NoError(t, err)
+		value, err := base64.StdEncoding.DecodeString(v)
+		require.NoError(t, err)
+		out[string(name)] = string(value)
+	}
+	return out
 }
 
 func TestBackend_foreignEntryWithoutDLQIsLoggedAndAcked(t *testing.T) {

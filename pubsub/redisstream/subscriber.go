@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,7 +28,8 @@ const waitingInFlight = "Subscription closing, waiting for the message in flight
 // subscriber is one subscription's consumer in its consumer group: a
 // watermill-redisstream subscriber, and a loop on its output that
 // dead-letters the entries it could not decode, delays redeliveries after a
-// Nack, and on close lets the message in flight finish.
+// Nack, refreshes the claim on the entries in hand, and on close lets the
+// message in flight finish.
 type subscriber struct {
 	b        *Backend
 	params   tiered.SubscribeParams
@@ -35,6 +37,7 @@ type subscriber struct {
 	consumer string
 	claim    claimSettings
 	nonce    string
+	inHand   *inHand
 	inner    *wmredis.Subscriber
 	logger   watermill.LoggerAdapter
 
@@ -55,11 +58,12 @@ func (b *Backend) newSubscriber(params tiered.SubscribeParams) (*subscriber, err
 		consumer: b.consumerPrefix + watermill.NewShortUUID(),
 		claim:    b.config.claim(params.Delay),
 		nonce:    watermill.NewUUID(),
+		inHand:   newInHand(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.logger = b.logger.With(watermill.LogFields{"consumer_group": s.group, "consumer": s.consumer})
 	inner, err := wmredis.NewSubscriber(wmredis.SubscriberConfig{
-		Client:                        streamClient{b.client},
+		Client:                        streamClient{UniversalClient: b.client, inHand: s.inHand},
 		Unmarshaller:                  unmarshaller{nonce: s.nonce},
 		Consumer:                      s.consumer,
 		ConsumerGroup:                 s.group,
@@ -97,7 +101,9 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, ErrClosed
 	}
 	// The inner subscription does not end with ctx: when ctx ends, the
-	// loop first lets the message in flight finish (see forward).
+	// loop first lets the message in flight finish (see forward). Its
+	// context is also every message's: it ends once the loop is done, not
+	// when a message is acked.
 	innerCtx, innerCancel := context.WithCancel(context.WithoutCancel(ctx))
 	in, err := s.inner.Subscribe(innerCtx, topic)
 	if err != nil {
@@ -115,7 +121,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer innerCancel()
 		defer stopCancel()
 		defer unhook()
-		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop}
+		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop, msgCtx: innerCtx}
 		l.run()
 	}()
 	return out, nil
@@ -143,12 +149,22 @@ func (s *subscriber) Close() error {
 
 // loop is one subscription's relay from the watermill-redisstream output
 // to the subscriber's.
+//
+// Its goroutines: run relays until stop ends (or the inner channel
+// closes), then waits for the message in flight, acks the last entry once
+// more and stops refresh; the Subscribe goroutine then ends the inner
+// subscription and every message context (msgCtx), and closes out.
 type loop struct {
 	s     *subscriber
 	topic string
 	in    <-chan *message.Message
 	out   chan<- *message.Message
 	stop  context.Context
+	// msgCtx is the context of every message handed on. It does not end
+	// when a message is acked, so a handler that acks early (Watermill's
+	// InstantAck) can still publish the message's copy; it ends when the
+	// subscription is done.
+	msgCtx context.Context
 
 	// lastAcked is the entry whose Ack was last passed on; it is acked
 	// again on the way out, in case the subscription ended before
@@ -157,6 +173,17 @@ type loop struct {
 }
 
 func (l *loop) run() {
+	refreshCtx, stopRefresh := context.WithCancel(context.Background())
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		l.refresh(refreshCtx)
+	}()
+	defer func() {
+		stopRefresh()
+		<-refreshed
+		l.s.inHand.forget(l.topic)
+	}()
 	defer l.ackLast()
 	for {
 		var msg *message.Message
@@ -181,6 +208,48 @@ func (l *loop) run() {
 	}
 }
 
+// refresh keeps this consumer's claim on the entries it has in hand fresh,
+// every RefreshInterval, until ctx ends: XCLAIM ... JUSTID to itself resets
+// an entry's idle time (and not its delivery count), so no other consumer
+// claims an entry that this one holds until due, runs, or read ahead
+// behind them. It is single-key, so it works on Redis Cluster too.
+func (l *loop) refresh(ctx context.Context) {
+	ticker := time.NewTicker(l.s.claim.RefreshInterval)
+	defer ticker.Stop()
+	failing := false
+	for {
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			return
+		}
+		ids := l.s.inHand.list(l.topic)
+		if len(ids) == 0 {
+			continue
+		}
+		still, err := l.s.b.client.XClaimJustID(ctx, &redis.XClaimArgs{
+			Stream: l.topic, Group: l.s.group, Consumer: l.s.consumer, MinIdle: 0, Messages: ids,
+		}).Result()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !failing {
+				l.s.logger.Info("Cannot refresh the claim on the entries in hand; if it fails for MaxIdleTime, another consumer may process them again", watermill.LogFields{
+					"topic": l.topic, "entries": len(ids), "err": err.Error(),
+				})
+			}
+			failing = true
+			continue
+		}
+		if failing {
+			l.s.logger.Info("Refreshing the claim on the entries in hand works again", watermill.LogFields{"topic": l.topic})
+			failing = false
+		}
+		l.s.inHand.drop(l.topic, ids, still)
+	}
+}
+
 // forward hands msg on and passes its Ack or Nack back. It returns false
 // when the subscription is stopping.
 func (l *loop) forward(msg *message.Message) bool {
@@ -189,7 +258,13 @@ func (l *loop) forward(msg *message.Message) bool {
 	for _, k := range [...]string{entryIDKey, markerKey, reasonKey} {
 		delete(fwd.Metadata, k)
 	}
-	fwd.SetContext(msg.Context())
+	if fwd.UUID == "" {
+		// Written without Watermill's UUID: an identity derived from
+		// where it was first consumed, the same on every redelivery,
+		// which every copy (tier, dead letter) keeps.
+		fwd.UUID = tiered.OriginUUID("redis", l.topic, id)
+	}
+	fwd.SetContext(tiered.WithDelivery(l.msgCtx, l.delivery(id)))
 	select {
 	case l.out <- fwd:
 	case <-l.stop.Done():
@@ -212,7 +287,7 @@ func (l *loop) forward(msg *message.Message) bool {
 	// Stopping while the handler works on fwd: give it CloseTimeout to
 	// finish, and send its Ack to Redis ourselves, since the
 	// watermill-redisstream subscription is about to end.
-	l.s.logger.Debug(waitingInFlight, watermill.LogFields{"topic": l.topic, "message_uuid": msg.UUID, "entry_id": id})
+	l.s.logger.Debug(waitingInFlight, watermill.LogFields{"topic": l.topic, "message_uuid": fwd.UUID, "entry_id": id})
 	timer := time.NewTimer(l.s.b.config.CloseTimeout)
 	defer timer.Stop()
 	select {
@@ -221,10 +296,39 @@ func (l *loop) forward(msg *message.Message) bool {
 	case <-fwd.Nacked():
 	case <-timer.C:
 		l.s.logger.Info("Subscription closed before the handler finished; the message will be delivered again", watermill.LogFields{
-			"topic": l.topic, "message_uuid": msg.UUID, "entry_id": id,
+			"topic": l.topic, "message_uuid": fwd.UUID, "entry_id": id,
 		})
 	}
 	return false
+}
+
+// delivery is what the subscription knows of entry id of its stream: the
+// entry ID's time (the server's clock when it stored the entry, unless a
+// producer chose the ID) and its coordinates.
+func (l *loop) delivery(id string) *tiered.Delivery {
+	stream := l.topic
+	return &tiered.Delivery{
+		AppendTime: entryTime(id),
+		WriteOrigin: func(md message.Metadata) {
+			md.Set(tiered.KeyRedisStream, stream)
+			md.Set(tiered.KeyRedisEntryID, id)
+		},
+	}
+}
+
+// entryTime returns the time of a stream entry ID ("1700000000000-0": Unix
+// milliseconds, then a sequence number), or the zero time for an ID that is
+// not one.
+func entryTime(id string) time.Time {
+	ms, _, ok := strings.Cut(id, "-")
+	if !ok {
+		return time.Time{}
+	}
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
 }
 
 // ackLast acks the entry last acked once more, in Redis directly: the
@@ -276,8 +380,9 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 		return true
 	}
 
-	out := message.NewMessage(marker.UUID, marker.Payload)
-	out.Metadata.Set(KeyEntryID, id)
+	out := message.NewMessage(tiered.OriginUUID("redis", l.topic, id), marker.Payload)
+	out.Metadata.Set(tiered.KeyRedisStream, l.topic)
+	out.Metadata.Set(tiered.KeyRedisEntryID, id)
 	if v := marker.Metadata.Get(KeyBase64Fields); v != "" {
 		out.Metadata.Set(KeyBase64Fields, v)
 	}
