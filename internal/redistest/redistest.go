@@ -92,8 +92,18 @@ func clean(s string) string {
 	}, s)
 }
 
+// Start runs a redis-server of t's own on a free port, with persistence
+// off and args added to its command line (such as "--maxmemory", "1mb"),
+// and kills it when t and its subtests end. Use it for tests that change the
+// server (CONFIG SET, ACL SETUSER, REPLICAOF), which must not run on a
+// shared one.
+func Start(t testing.TB, args ...string) string {
+	t.Helper()
+	return start(t, args...)
+}
+
 // start runs a redis-server for t on a free port.
-func start(t testing.TB) string {
+func start(t testing.TB, args ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -103,7 +113,7 @@ func start(t testing.TB) string {
 	}
 	var lastErr error
 	for range 3 { // a free port can be taken between probe and bind
-		addr, err := startOnce(t, bin)
+		addr, err := startOnce(t, bin, args...)
 		if err == nil {
 			return addr
 		}
@@ -113,7 +123,7 @@ func start(t testing.TB) string {
 	return ""
 }
 
-func startOnce(t testing.TB, bin string) (string, error) {
+func startOnce(t testing.TB, bin string, args ...string) (string, error) {
 	port, err := freePort()
 	if err != nil {
 		return "", err
@@ -121,7 +131,7 @@ func startOnce(t testing.TB, bin string) (string, error) {
 	dir := t.TempDir()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	output := &lockedWriter{w: &bytes.Buffer{}}
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bin, append([]string{
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -129,7 +139,7 @@ func startOnce(t testing.TB, bin string) (string, error) {
 		"--dir", dir,
 		"--logfile", "",
 		"--daemonize", "no",
-	)
+	}, args...)...)
 	cmd.Dir = dir
 	cmd.Stdout = output
 	cmd.Stderr = output

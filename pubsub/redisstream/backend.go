@@ -216,12 +216,16 @@ func (b *Backend) publish(topic string, msg *message.Message, trim bool) error {
 	if closed {
 		return ErrClosed
 	}
+	if msg.Metadata.Get(wmredis.UUIDHeaderKey) != "" {
+		return fmt.Errorf("%w: redis stream %s: message %s: metadata key %s is reserved for Watermill's message UUID",
+			tiered.ErrUnpublishable, topic, msg.UUID, wmredis.UUIDHeaderKey)
+	}
 	pub := b.untrimmed
 	if trim {
 		pub = b.trimmed
 	}
 	if err := pub.Publish(topic, msg); err != nil {
-		return fmt.Errorf("redis stream %s: %w", topic, err)
+		return b.publishError(topic, msg, err)
 	}
 	return nil
 }

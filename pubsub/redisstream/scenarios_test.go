@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
@@ -316,7 +317,17 @@ func TestBackend_foreignEntryWaitsWhileDLQFails(t *testing.T) {
 	ch, err := sub.Subscribe(ctx, topic)
 	require.NoError(t, err)
 
-	require.Eventually(t, func() bool { return len(errorLogs(logger)) >= 2 }, waitFor, tick, "the publish is tried again")
+	retries := func() int {
+		n := 0
+		for _, e := range logger.at(watermill.DebugLogLevel) {
+			if strings.Contains(e.Msg, "failed again") {
+				n++
+			}
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return retries() >= 3 }, waitFor, tick, "the publish is tried again")
+	require.Len(t, errorLogs(logger), 1, "logged at Error once, not per try")
 	require.Contains(t, errorLogs(logger)[0].Err.Error(), "WRONGTYPE")
 	require.GreaterOrEqual(t, pending(client, topic, "g"), int64(1), "the foreign entry stays pending")
 	select {
@@ -336,4 +347,37 @@ func TestBackend_foreignEntryWaitsWhileDLQFails(t *testing.T) {
 	msgs := waitStream(t, client, dlq, 1)
 	require.Contains(t, msgs[0].Metadata.Get(wmiddleware.ReasonForPoisonedKey), "could not be decoded")
 	require.Eventually(t, func() bool { return pending(client, topic, "g") == 0 }, waitFor, tick)
+}
+
+// TestBackend_undecodableEntryTooLargeForItsDeadLetter: an entry whose
+// fields, in base64 and JSON, no longer fit the server's proto-max-bulk-len
+// is dead-lettered as a stub without them, naming the entry to fetch, and
+// the subscription goes on.
+func TestBackend_undecodableEntryTooLargeForItsDeadLetter(t *testing.T) {
+	t.Parallel()
+	client := redis.NewClient(&redis.Options{Addr: redistest.Start(t)})
+	defer client.Close()
+	ctx := context.Background()
+	require.NoError(t, client.ConfigSet(ctx, "proto-max-bulk-len", "1mb").Err())
+	logger := newLogger(t)
+	b := newBackend(t, client, redisstream.Config{}, logger)
+	const topic, dlq = "events", "events.dlq"
+
+	binary := strings.Repeat("\xff", 900<<10) // fits; its base64 does not
+	id, err := client.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: map[string]any{"blob": binary}}).Result()
+	require.NoError(t, err)
+	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", nil)))
+
+	_, ch := subscribe(t, b, tiered.SubscribeParams{Group: "g", Topic: topic, DLQ: dlq})
+	m := receive(t, ch)
+	require.Equal(t, "m1", m.UUID, "the subscription went on")
+	m.Ack()
+
+	stub := waitStream(t, client, dlq, 1)[0]
+	require.Empty(t, stub.Payload)
+	require.Equal(t, id, stub.Metadata.Get(redisstream.KeyEntryID))
+	require.Equal(t, topic, stub.Metadata.Get(tiered.KeyRedisStream))
+	require.Contains(t, stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "fields were dropped")
+	require.Contains(t, stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "proto-max-bulk-len")
+	require.Empty(t, errorLogs(logger))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,6 +171,11 @@ type loop struct {
 	// again on the way out, in case the subscription ended before
 	// watermill-redisstream sent the XACK.
 	lastAcked string
+
+	// failingID is the undecodable entry whose dead-letter publish failed
+	// failures times in a row.
+	failingID string
+	failures  int
 }
 
 func (l *loop) run() {
@@ -361,10 +367,26 @@ func (l *loop) sleep(d time.Duration) bool {
 	}
 }
 
+// maxBackOff caps the wait between two tries of a dead-letter publish
+// (unless NackResendSleep is longer).
+const maxBackOff = 30 * time.Second
+
+// backOff is the wait before try n+1 of a publish that failed n times:
+// base, doubling, at most maxBackOff.
+func backOff(base time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxBackOff; i++ {
+		d *= 2
+	}
+	return min(d, max(base, maxBackOff))
+}
+
 // deadLetter handles the marker of an entry that could not be decoded: it
 // publishes the entry's fields to the dead-letter topic with the reason and
-// acks it, or, without a dead-letter topic, logs it and acks it. When the
-// publish fails the entry is Nacked and comes back. It returns false when
+// acks it, or, without a dead-letter topic, logs it and acks it. A copy that
+// can never be published (too large) is replaced by a stub without the
+// fields. When the publish fails the entry is Nacked and comes back, after a
+// wait that grows from NackResendSleep to 30s; it is logged at Error once. It returns false when
 // the subscription is stopping.
 func (l *loop) deadLetter(marker *message.Message) bool {
 	id := marker.Metadata.Get(entryIDKey)
@@ -391,17 +413,46 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, l.s.handler())
 	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, l.s.consumer)
 	out.SetContext(l.stop)
-	if err := l.s.b.publish(dlq, out, false); err != nil {
+	err := l.s.b.publish(dlq, out, false)
+	if errors.Is(err, tiered.ErrUnpublishable) {
+		// Too large (base64 and JSON make fields larger), say: a stub
+		// without the fields, which XRANGE finds by the entry ID.
+		stub := message.NewMessage(out.UUID, nil)
+		stub.Metadata = maps.Clone(out.Metadata)
+		stub.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(
+			fmt.Sprintf("%s; its fields were dropped from this dead letter: %v", reason, err), tiered.MaxErrorBytes))
+		delete(stub.Metadata, KeyBase64Fields)
+		stub.SetContext(l.stop)
+		if stubErr := l.s.b.publish(dlq, stub, false); stubErr == nil {
+			err = nil
+			out = stub
+		} else {
+			err = errors.Join(err, stubErr)
+		}
+	}
+	if err != nil {
 		if l.stop.Err() != nil {
 			return false
 		}
-		l.s.logger.Error("Cannot publish an undecodable stream entry to the dead-letter topic, Nacking it", err, fields)
-		if !l.sleep(l.s.b.config.NackResendSleep) {
+		// Once at Error per entry, then at Debug, with a growing wait.
+		if l.failingID != id {
+			l.failingID, l.failures = id, 0
+		}
+		l.failures++
+		if l.failures == 1 {
+			l.s.logger.Error("Cannot publish an undecodable stream entry to the dead-letter topic, trying again", err, fields)
+		} else {
+			l.s.logger.Debug("Dead-letter publish of an undecodable stream entry failed again", fields.Add(watermill.LogFields{
+				"attempt": l.failures, "err": err.Error(),
+			}))
+		}
+		if !l.sleep(backOff(l.s.b.config.NackResendSleep, l.failures)) {
 			return false
 		}
 		marker.Nack()
 		return true
 	}
+	l.failingID = ""
 	l.s.logger.Info("Stream entry that could not be decoded sent to the dead-letter topic", watermill.LogFields{
 		"topic": dlq, "entry_id": id, "message_uuid": out.UUID, "reason": tiered.Truncate(reason, 200),
 	})
