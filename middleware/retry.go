@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -19,7 +19,9 @@ import (
 type Config struct {
 	// Publisher receives the tier and dead-letter copies. It must return
 	// only after the broker confirmed the write (the publishers of the
-	// pubsub backends do); it is wrapped in a [tiered.Publisher].
+	// pubsub backends do), or, for a backend that pipelines, once the
+	// backend has taken charge of confirming it before the original is
+	// committed. It is wrapped in a [tiered.Publisher].
 	//
 	// Required.
 	Publisher message.Publisher
@@ -69,14 +71,18 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Retry is the middleware of one handler. Build it with [NewRetry] and add
-// [Retry.Middleware] to the handler's main subscription and to each of its
-// tier subscriptions ([Retry.Topics] names them).
+// Retry is the middleware of one handler. Build it with [NewRetry]; add
+// [Retry.Middleware] to the handler on its own topic and
+// [Retry.TierMiddleware] of tier n to the handler on Topics().Tiers[n-1].
+// Each handler is bound, when it is wired, to the hop it consumes, so the
+// attempt count never depends on what other middleware do to a message's
+// context.
 type Retry struct {
 	policy tiered.Policy
 	topics tiered.Topics
 	pub    *tiered.Publisher
 	logger watermill.LoggerAdapter
+	stuck  *stuckCopies
 }
 
 // NewRetry checks config and builds the middleware.
@@ -95,46 +101,119 @@ func NewRetry(config Config, logger watermill.LoggerAdapter) (*Retry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	return &Retry{policy: config.Policy.WithDefaults(), topics: topics, pub: pub, logger: logger}, nil
+	return &Retry{
+		policy: config.Policy.WithDefaults(),
+		topics: topics,
+		pub:    pub,
+		logger: logger,
+		stuck:  newStuckCopies(),
+	}, nil
 }
 
 // Topics returns the handler's topics: its own, one per tier, and the
 // dead-letter topic.
 func (r *Retry) Topics() tiered.Topics { return r.topics }
 
-// Middleware wraps h. Messages consumed from a tier topic (known from the
-// router's context, [message.SubscribeTopicFromCtx]) carry retry metadata
-// that is checked before h runs: malformed metadata sends the message to
-// the dead-letter topic with the reason. On any other topic the retry
-// metadata is ignored.
+// hop is what a handler consumes: the handler's own topic (tier 0), one of
+// its tiers, or a retired tier of an earlier policy.
+type hop struct {
+	topic string
+	tier  int // 0 on the handler's own topic
+	delay time.Duration
+}
+
+// Middleware wraps h, the handler on the handler's own topic: attempt 1.
 //
-// When h fails (returns an error or panics), the middleware publishes a
-// copy of the message (same UUID, payload and metadata, plus retry
-// metadata) to the next tier or the dead-letter topic and returns nil, so
-// the router acks the original. Messages h returned are dropped with the
-// failure. If the publish fails, it returns an error that wraps both
-// failures and the router Nacks the original.
+// The retry keys a message carries there are not trusted (anyone can
+// produce to that topic): they are removed before h runs, so h and
+// [tiered.ReadInfo] never see forged values. When h fails (returns an error
+// or panics), the middleware publishes a copy of the message (same UUID,
+// payload and metadata, plus retry metadata) to the first tier, or to the
+// dead-letter topic for a permanent error or when MaxAttempts is 1, and
+// returns nil, so the router acks the original; messages h returned are
+// dropped with the failure. See [Retry.TierMiddleware] for what happens
+// when the copy cannot be published.
 func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	main := &hop{topic: r.topics.Main}
 	// The closure stays small: the router runs each message on a new
 	// goroutine, and a large frame here made every message grow its
 	// stack before reaching h.
 	return func(msg *message.Message) ([]*message.Message, error) {
-		consumedFrom := message.SubscribeTopicFromCtx(msg.Context())
-		if _, onTier := r.topics.Tier(consumedFrom); onTier {
-			return r.handleTier(h, msg, consumedFrom)
-		}
-		consumed := msg.Context()
-		produced, err := call(h, msg)
+		tiered.ClearUntrusted(msg.Metadata)
+		delivered := msg.Context()
+		produced, err := runHandler(h, msg)
 		if err == nil {
 			return produced, nil
 		}
-		return r.failed(h, msg, consumed, nil, err)
+		return r.failed(h, msg, delivered, main, nil, err)
+	}
+}
+
+// TierMiddleware returns the middleware of the handler that consumes tier
+// (numbered from 1, as in [tiered.KeyTier]; its topic is
+// Topics().Tiers[tier-1]).
+//
+// Messages there carry retry metadata written by this library, which is
+// checked before h runs: metadata that cannot be used sends the message to
+// the dead-letter topic with the reason. When h fails, the copy goes to the
+// next tier, or to the dead-letter topic after the last attempt.
+//
+// When a copy cannot be published, the original is neither lost nor
+// handled again:
+//
+//   - a temporary failure (the broker is down, a leader election, a
+//     timeout) is retried as a publish, with a back-off from 50ms to 5s,
+//     for as long as the subscriber keeps the message (its context is not
+//     cancelled); h does not run again. If the subscriber gives the
+//     message up, the error is returned and the router Nacks it;
+//   - a copy that can never be published ([tiered.ErrUnpublishable]: too
+//     large for the broker, its topic deleted, not authorized) is replaced
+//     by a [tiered.DeadLetterStub] in the dead-letter topic: no payload, the
+//     reason, and where the original sits on the broker;
+//   - if even that cannot be published, the error is returned (the router
+//     Nacks the original) after a delay that grows with each try of the
+//     same message, from 250ms to 30s, and is logged at Error once per
+//     message.
+func (r *Retry) TierMiddleware(tier int) (message.HandlerMiddleware, error) {
+	if tier < 1 || tier > len(r.topics.Tiers) {
+		return nil, fmt.Errorf("handler %q has tiers 1 to %d, not %d", r.topics.Handler, len(r.topics.Tiers), tier)
+	}
+	return r.tierMiddleware(&hop{topic: r.topics.Tiers[tier-1], tier: tier, delay: r.topics.Delays[tier-1]}), nil
+}
+
+// RetiredTierMiddleware returns the middleware of a handler that consumes
+// topic, a tier topic of an earlier policy (its delay has left the
+// current one) that still holds messages. They are handled like those of a
+// current tier, and their next failure follows the current policy: the
+// tier for their next attempt, or the dead-letter topic.
+func (r *Retry) RetiredTierMiddleware(topic string, delay time.Duration) (message.HandlerMiddleware, error) {
+	if err := tiered.ValidateTopicName(topic); err != nil {
+		return nil, err
+	}
+	if topic == r.topics.Main || topic == r.topics.DLQ {
+		return nil, fmt.Errorf("%q is the handler's own or dead-letter topic, not a retired tier", topic)
+	}
+	if _, current := r.topics.Tier(topic); current {
+		return nil, fmt.Errorf("%q is a tier of the current policy: use TierMiddleware", topic)
+	}
+	if delay <= 0 {
+		return nil, fmt.Errorf("retired tier %q: delay is %v, must be positive", topic, delay)
+	}
+	return r.tierMiddleware(&hop{topic: topic, tier: -1, delay: delay}), nil
+}
+
+func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			return r.handleTier(h, msg, from)
+		}
 	}
 }
 
 // handleTier checks the retry metadata of a message consumed from a tier
 // topic, then runs h.
-func (r *Retry) handleTier(h message.HandlerFunc, msg *message.Message, consumedFrom string) ([]*message.Message, error) {
+func (r *Retry) handleTier(h message.HandlerFunc, msg *message.Message, from *hop) ([]*message.Message, error) {
+	delivered := msg.Context()
 	info, err := tiered.ReadInfo(msg.Metadata)
 	if err == nil {
 		// The holding subscriber hands on a malformed due time at
@@ -146,45 +225,55 @@ func (r *Retry) handleTier(h message.HandlerFunc, msg *message.Message, consumed
 			tiered.ErrInvalidMetadata, info.Handler, info.OriginalTopic, r.topics.Handler, r.topics.Main)
 	}
 	if err != nil {
-		reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", consumedFrom, err)
+		reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", from.topic, err)
 		now := time.Now()
 		info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
-		return nil, r.deadLetter(msg, info, reason)
+		return nil, r.deadLetter(msg, delivered, from, info, reason)
 	}
-	consumed := msg.Context()
-	produced, err := call(h, msg)
+	produced, err := runHandler(h, msg)
 	if err == nil {
 		return produced, nil
 	}
-	return r.failed(h, msg, consumed, &info, err)
+	return r.failed(h, msg, delivered, from, &info, err)
 }
 
 // failed handles an attempt of h that failed with err: quick attempts,
 // then the next tier or the dead-letter topic. tier is the retry metadata
 // of a message consumed from a tier topic, nil on the main topic.
-func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, consumed context.Context, tier *tiered.Info, err error) ([]*message.Message, error) {
+func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, delivered context.Context, from *hop, tier *tiered.Info, err error) ([]*message.Message, error) {
 	var info tiered.Info
 	if tier != nil {
 		info = *tier
 	}
+	var panicked wmiddleware.RecoveredPanicError
+	if errors.As(err, &panicked) {
+		r.logger.Error("Handler panicked", err, watermill.LogFields{"topic": from.topic, "message_uuid": msg.UUID})
+	}
 	if tier == nil && r.policy.Quick.Attempts > 0 {
 		var produced []*message.Message
-		produced, err = r.quick(h, msg, consumed, err)
+		produced, err = r.quick(h, msg, delivered, err)
 		if err == nil {
 			return produced, nil
 		}
 	}
-	if errors.Is(consumed.Err(), context.Canceled) {
+	if gaveUp(delivered, msg) {
 		// The subscriber gave the message up while it was handled (a
 		// Kafka rebalance ended the session, the subscription closed):
 		// the attempt was interrupted, not failed. Nack it; whoever
 		// consumes it next tries again without losing an attempt.
 		// (A deadline, such as Watermill's Timeout middleware sets, is
-		// a failure like any other and goes to the next tier.)
+		// a failure like any other and goes to the next tier; so is a
+		// message acked before its handler ended, whose context the
+		// subscriber ends at the Ack.)
 		return nil, fmt.Errorf("attempt interrupted, the message's context was cancelled: %w", err)
 	}
 
-	attempt := info.Attempt + 1
+	// A forged or corrupt attempt near MaxInt must not wrap around into
+	// an early tier: it saturates, and is then past every MaxAttempts.
+	attempt := math.MaxInt
+	if info.Attempt < math.MaxInt {
+		attempt = info.Attempt + 1
+	}
 	now := time.Now()
 	if info.Attempt == 0 {
 		info.FirstFailure = now
@@ -203,87 +292,56 @@ func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, consumed con
 		} else {
 			err = fmt.Errorf("attempt %d of %d failed, no attempts left: %w", attempt, r.policy.MaxAttempts, err)
 		}
-		return nil, r.deadLetter(msg, info, err)
+		return nil, r.deadLetter(msg, delivered, from, info, err)
 	}
-	return nil, r.toTier(msg, info, next, err)
+	return nil, r.toTier(msg, delivered, from, info, next, err)
 }
 
-// call runs h, turning a panic into an error.
-func call(h message.HandlerFunc, msg *message.Message) (produced []*message.Message, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			produced, err = nil, fmt.Errorf("handler panicked: %v", p)
-		}
-	}()
-	produced, err = h(msg)
-	if err == nil {
-		return produced, nil
+// gaveUp reports whether the subscriber gave msg up while it was handled:
+// its context was cancelled (not merely past a deadline) and it was not
+// acked. A message acked early (Watermill's InstantAck) has its context
+// ended by the subscriber at the Ack, which is no reason to drop its copy.
+func gaveUp(delivered context.Context, msg *message.Message) bool {
+	if !errors.Is(delivered.Err(), context.Canceled) {
+		return false
 	}
-	return nil, err
+	select {
+	case <-msg.Acked():
+		return false
+	default:
+		return true
+	}
 }
 
-// quick runs the in-process attempts. It stops early on a permanent
-// error, on a classifier's DeadLetter, or when consumed (the message's
-// context as the middleware received it) ends.
-func (r *Retry) quick(h message.HandlerFunc, msg *message.Message, consumed context.Context, err error) ([]*message.Message, error) {
-	b := r.policy.Quick.BackOff()
-	b.Reset()
-	for i := 0; i < r.policy.Quick.Attempts; i++ {
-		if r.policy.Decide(tiered.ClassifyParams{Err: err, Message: msg, Attempt: 1}) == tiered.DeadLetter {
-			return nil, err
-		}
-		wait := b.NextBackOff()
-		if wait == backoff.Stop {
-			return nil, err
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-consumed.Done():
-			timer.Stop()
-			return nil, err
-		}
-		r.logger.Trace("Quick attempt", watermill.LogFields{"message_uuid": msg.UUID, "attempt": i + 1})
-		// A middleware inside this one (Watermill's Timeout) may have
-		// replaced the context and cancelled it when the attempt ended.
-		msg.SetContext(consumed)
-		var produced []*message.Message
-		if produced, err = call(h, msg); err == nil {
-			return produced, nil
-		}
-	}
-	return nil, err
-}
-
-// hopCopy copies msg for its next hop: same UUID, payload and metadata, and
-// a live context that keeps the original's values (tracing, correlation)
-// but not its cancellation or deadline, which Watermill's Timeout
-// middleware may have used up.
+// copyForHop copies msg for its next hop: same UUID, payload and
+// metadata, and a live context that keeps the original's values (tracing,
+// correlation, the backend's Delivery) but not its cancellation or
+// deadline, which Watermill's Timeout middleware may have used up.
 //
 // On the first hop, from the handler's own topic, whatever origin the
-// metadata claims is cleared too, so the backend records the true one.
-func (r *Retry) hopCopy(msg *message.Message, info tiered.Info) *message.Message {
+// metadata claims is replaced by the one the backend recorded.
+func (r *Retry) copyForHop(msg *message.Message, delivered context.Context, from *hop, info tiered.Info) *message.Message {
 	out := msg.Copy()
-	out.SetContext(context.WithoutCancel(msg.Context()))
+	out.SetContext(context.WithoutCancel(delivered))
 	tiered.ClearInfo(out.Metadata)
-	if _, onTier := r.topics.Tier(message.SubscribeTopicFromCtx(msg.Context())); !onTier {
+	if from.tier == 0 {
 		tiered.ClearOrigin(out.Metadata)
+		if d := tiered.DeliveryFrom(delivered); d != nil && d.WriteOrigin != nil {
+			d.WriteOrigin(out.Metadata)
+		}
 	}
 	info.Write(out.Metadata)
 	return out
 }
 
-func (r *Retry) toTier(msg *message.Message, info tiered.Info, tier int, cause error) error {
-	info.Tier = tier + 1
-	out := r.hopCopy(msg, info)
-	d := r.topics.Delays[tier]
+func (r *Retry) toTier(msg *message.Message, delivered context.Context, from *hop, info tiered.Info, tier int, cause error) error {
+	info.Tier = tier
+	out := r.copyForHop(msg, delivered, from, info)
+	d := r.topics.Delays[tier-1]
 	delay.Message(out, delay.For(d))
-	topic := r.topics.Tiers[tier]
-	if err := r.pub.Publish(topic, out); err != nil {
-		r.logger.Error("Cannot publish failed message to its tier, Nacking it", err, watermill.LogFields{
-			"topic": topic, "message_uuid": msg.UUID, "attempt": info.Attempt,
-		})
-		return errors.Join(cause, fmt.Errorf("publish to tier topic %s: %w", topic, err))
+	topic := r.topics.Tiers[tier-1]
+	if err := r.publish(msg, delivered, from, topic, out); err != nil {
+		return errors.Join(cause, err)
 	}
 	r.logger.Debug("Message sent to tier", watermill.LogFields{
 		"topic": topic, "message_uuid": msg.UUID, "tier": info.Tier, "attempt": info.Attempt, "due_in": d.String(),
@@ -291,27 +349,24 @@ func (r *Retry) toTier(msg *message.Message, info tiered.Info, tier int, cause e
 	return nil
 }
 
-func (r *Retry) deadLetter(msg *message.Message, info tiered.Info, reason error) error {
+func (r *Retry) deadLetter(msg *message.Message, delivered context.Context, from *hop, info tiered.Info, reason error) error {
 	info.Tier = 0
 	info.LastError = reason.Error()
-	out := r.hopCopy(msg, info)
-	ctx := msg.Context()
-	consumedFrom := message.SubscribeTopicFromCtx(ctx)
-	if consumedFrom == "" {
-		consumedFrom = r.topics.Main
-	}
-	out.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason.Error(), tiered.MaxErrorBytes))
-	out.Metadata.Set(wmiddleware.PoisonedTopicKey, consumedFrom)
-	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, r.topics.Handler)
-	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, message.SubscriberNameFromCtx(ctx))
-	if err := r.pub.Publish(r.topics.DLQ, out); err != nil {
-		r.logger.Error("Cannot publish failed message to the dead-letter topic, Nacking it", err, watermill.LogFields{
-			"topic": r.topics.DLQ, "message_uuid": msg.UUID, "attempt": info.Attempt,
-		})
-		return errors.Join(reason, fmt.Errorf("publish to dead-letter topic %s: %w", r.topics.DLQ, err))
+	out := r.copyForHop(msg, delivered, from, info)
+	r.poison(out, delivered, from, tiered.Truncate(reason.Error(), tiered.MaxErrorBytes))
+	if err := r.publish(msg, delivered, from, r.topics.DLQ, out); err != nil {
+		return errors.Join(reason, err)
 	}
 	r.logger.Info("Message sent to the dead-letter topic", watermill.LogFields{
 		"topic": r.topics.DLQ, "message_uuid": msg.UUID, "attempt": info.Attempt, "reason": tiered.Truncate(reason.Error(), 200),
 	})
 	return nil
+}
+
+// poison sets Watermill's poison keys on a dead-letter copy.
+func (r *Retry) poison(out *message.Message, delivered context.Context, from *hop, reason string) {
+	out.Metadata.Set(wmiddleware.ReasonForPoisonedKey, reason)
+	out.Metadata.Set(wmiddleware.PoisonedTopicKey, from.topic)
+	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, r.topics.Handler)
+	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, message.SubscriberNameFromCtx(delivered))
 }

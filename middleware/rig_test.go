@@ -47,13 +47,25 @@ type brokerPublisher struct {
 
 	mu        sync.Mutex
 	failures  map[string]int
+	failedOn  map[string]int
 	published []published
+}
+
+// failed returns how many publishes to topic failed.
+func (p *brokerPublisher) failed(topic string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failedOn[topic]
 }
 
 func (p *brokerPublisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.Lock()
 	if p.failures[topic] > 0 {
 		p.failures[topic]--
+		if p.failedOn == nil {
+			p.failedOn = map[string]int{}
+		}
+		p.failedOn[topic]++
 		p.mu.Unlock()
 		return errBrokerDown
 	}
@@ -160,7 +172,9 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 	r.AddConsumerHandler("billing", "orders", gc, handler).AddMiddleware(retry.Middleware)
 	if cfg.tiers {
 		for i, topic := range retry.Topics().Tiers {
-			r.AddConsumerHandler("billing.tier"+string(rune('1'+i)), topic, gc, handler).AddMiddleware(retry.Middleware)
+			mw, err := retry.TierMiddleware(i + 1)
+			require.NoError(t, err)
+			r.AddConsumerHandler("billing.tier"+string(rune('1'+i)), topic, gc, handler).AddMiddleware(mw)
 		}
 	}
 	r.AddMiddleware(cfg.after...)

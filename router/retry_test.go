@@ -1,8 +1,10 @@
 package router_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,24 +296,42 @@ func TestRetry_classifierSeesAttempt(t *testing.T) {
 	})
 }
 
-// failingPublisher fails the first failures[topic] publishes to a topic.
+// failingPublisher fails the first failures[topic] publishes to a topic
+// with a temporary error, and every publish to a topic of unpublishable
+// with an error that wraps tiered.ErrUnpublishable.
 type failingPublisher struct {
 	message.Publisher
-	mu       sync.Mutex
-	failures map[string]int
+	mu            sync.Mutex
+	failures      map[string]int
+	unpublishable map[string]bool
+	tries         map[string]int
 }
 
 func (p *failingPublisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.Lock()
+	if p.tries == nil {
+		p.tries = map[string]int{}
+	}
+	p.tries[topic]++
 	fail := p.failures[topic] > 0
 	if fail {
 		p.failures[topic]--
 	}
+	never := p.unpublishable[topic]
 	p.mu.Unlock()
+	if never {
+		return fmt.Errorf("record too large for %s: %w", topic, tiered.ErrUnpublishable)
+	}
 	if fail {
 		return errors.New("broker unavailable")
 	}
 	return p.Publisher.Publish(topic, msgs...)
+}
+
+func (p *failingPublisher) triesOn(topic string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tries[topic]
 }
 
 // flakyBackend is the memory backend with a publisher that fails for a
@@ -323,15 +343,18 @@ type flakyBackend struct {
 
 func (b flakyBackend) Publisher() message.Publisher { return b.pub }
 
-func TestRetry_tierPublishFailureNacksAndRedelivers(t *testing.T) {
+// A copy whose publish fails for a while is published again, with a
+// back-off, until the broker takes it: the handler does not run again and
+// the original is not Nacked.
+func TestRetry_tierPublishFailureRetriesThePublishNotTheHandler(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const tierFailures, dlqFailures = 3, 2
 		mem := memory.New(nil)
-		backend := flakyBackend{Backend: mem, pub: &failingPublisher{
+		pub := &failingPublisher{
 			Publisher: mem.Publisher(),
 			failures:  map[string]int{"orders.billing.retry.10s": tierFailures, "orders.billing.dlq": dlqFailures},
-		}}
-		e := newEnv(t, envConfig{backend: backend, policy: tiered.Policy{Delays: []time.Duration{10 * time.Second}}})
+		}
+		e := newEnv(t, envConfig{backend: flakyBackend{Backend: mem, pub: pub}, policy: tiered.Policy{Delays: []time.Duration{10 * time.Second}}})
 		h := e.handle("billing", "orders", fail)
 		tiers, dlq := e.collectAll(h.Topics)
 		e.run()
@@ -340,33 +363,148 @@ func TestRetry_tierPublishFailureNacksAndRedelivers(t *testing.T) {
 		got := dlq.next()
 		e.settle()
 
-		var main, tier []call
-		for _, c := range e.recorded() {
-			if c.topic == "orders" {
-				main = append(main, c)
-			} else {
-				tier = append(tier, c)
-			}
-		}
-		require.Len(t, main, tierFailures+1, "the original comes back after each failed tier publish")
-		require.Len(t, tier, dlqFailures+1, "the tier message comes back after each failed DLQ publish")
-		for _, c := range tier {
-			require.Equal(t, 10*time.Second, c.at)
-		}
+		calls := e.recorded()
+		require.Len(t, calls, 2, "one handler call per attempt: a failed publish does not run the handler again")
+		require.Equal(t, "orders", calls[0].topic)
+		require.Equal(t, "orders.billing.retry.10s", calls[1].topic)
+		require.Greater(t, calls[1].at, 10*time.Second, "the tier copy went out after its publish retries, so it was due later")
+		require.Equal(t, tierFailures+1, pub.triesOn("orders.billing.retry.10s"))
+		require.Equal(t, dlqFailures+1, pub.triesOn("orders.billing.dlq"))
 
-		acks, nacks := e.counts("orders")
-		require.Equal(t, tierFailures, nacks, "the handler's Nack path: one Nack per failed publish")
-		require.Equal(t, 1, acks)
-		acks, nacks = e.counts("orders.billing.retry.10s")
-		require.Equal(t, dlqFailures, nacks)
-		require.Equal(t, 1, acks)
-
+		for _, topic := range []string{"orders", "orders.billing.retry.10s"} {
+			acks, nacks := e.counts(topic)
+			require.Equal(t, 1, acks, topic)
+			require.Zero(t, nacks, "%s: nothing Nacked while the publish was retried", topic)
+		}
 		require.Equal(t, "m1", tiers[0].next().UUID, "the tier copy was published once the broker was back")
 		tiers[0].requireEmpty()
 		require.Equal(t, "m1", got.UUID, "nothing lost: the message reached the DLQ")
 		require.Equal(t, "payload", string(got.Payload))
 		require.Equal(t, "2", got.Metadata.Get(tiered.KeyAttempt))
 		dlq.requireEmpty()
+	})
+}
+
+// A copy that can never be published (too large, say) does not stall its
+// partition: a stub with the reason and the original's coordinates goes to
+// the dead-letter topic, the original is acked, and the next message is
+// handled.
+func TestRetry_unpublishableCopyIsDeadLetteredAsAStub(t *testing.T) {
+	tests := []struct {
+		name          string
+		policy        tiered.Policy
+		unpublishable string
+		wantCalls     int
+	}{
+		{"the tier copy", tiered.Policy{Delays: []time.Duration{10 * time.Second}}, "orders.billing.retry.10s", 1},
+		{"the dead-letter copy", tiered.Policy{MaxAttempts: 1}, "orders.billing.dlq", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				mem := memory.New(nil)
+				pub := &failingPublisher{Publisher: mem.Publisher(), unpublishable: map[string]bool{tt.unpublishable: true}}
+				backend := flakyBackend{Backend: mem, pub: pub}
+				if tt.unpublishable == "orders.billing.dlq" {
+					// Only the full copy is too large: the stub fits.
+					pub.unpublishable = nil
+					backend.pub = &failingPublisher{Publisher: &tooLarge{Publisher: mem.Publisher(), topic: tt.unpublishable, limit: 100}}
+				}
+				e := newEnv(t, envConfig{backend: backend, policy: tt.policy})
+				var mu sync.Mutex
+				var handled []string
+				h := e.handle("billing", "orders", func(n int, msg *message.Message) error {
+					mu.Lock()
+					handled = append(handled, message.SubscribeTopicFromCtx(msg.Context())+":"+msg.UUID)
+					mu.Unlock()
+					if string(msg.Payload) == "next" {
+						return nil
+					}
+					return errBoom
+				})
+				_, dlq := e.collectAll(h.Topics)
+				e.run()
+
+				big := message.NewMessage("m1", []byte(strings.Repeat("x", 1000)))
+				big.Metadata.Set("tenant", "acme")
+				e.publish("orders", big)
+				e.publish("orders", message.NewMessage("m2", []byte("next")))
+				stub := dlq.next()
+				e.settle()
+
+				require.Equal(t, "m1", stub.UUID)
+				require.Empty(t, stub.Payload, "the payload is left out")
+				require.Equal(t, "1000", stub.Metadata.Get(tiered.KeyPayloadDropped))
+				require.Equal(t, "acme", stub.Metadata.Get("tenant"), "small user metadata is kept")
+				require.Equal(t, "0", stub.Metadata.Get(tiered.KeyTier))
+				require.Equal(t, "1", stub.Metadata.Get(tiered.KeyAttempt))
+				reason := stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey)
+				require.Contains(t, reason, "the copy for "+tt.unpublishable+" cannot be published")
+				require.Contains(t, reason, "payload of 1000 bytes")
+				require.Equal(t, "orders", stub.Metadata.Get(wmiddleware.PoisonedTopicKey))
+				require.Equal(t, "billing", stub.Metadata.Get(wmiddleware.PoisonedHandlerKey))
+				dlq.requireEmpty()
+
+				mu.Lock()
+				defer mu.Unlock()
+				require.ElementsMatch(t, []string{"orders:m1", "orders:m2"}, handled, "the handler ran once for m1, and m2 behind it was handled")
+				acks, nacks := e.counts("orders")
+				require.Equal(t, 2, acks)
+				require.Zero(t, nacks)
+			})
+		})
+	}
+}
+
+// tooLarge refuses, as unpublishable, messages to topic whose payload is
+// over limit bytes.
+type tooLarge struct {
+	message.Publisher
+	topic string
+	limit int
+}
+
+func (p *tooLarge) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if topic == p.topic && len(m.Payload) > p.limit {
+			return fmt.Errorf("message of %d bytes: %w", len(m.Payload), tiered.ErrUnpublishable)
+		}
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+// When neither the copy nor its stub can be published (the dead-letter
+// topic is gone too), the original is Nacked, each time later than the
+// time before, and comes back; never a hot loop.
+func TestRetry_nothingPublishableNacksWithAGrowingDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New(nil)
+		pub := &failingPublisher{Publisher: mem.Publisher(), unpublishable: map[string]bool{
+			"orders.billing.retry.10s": true, "orders.billing.dlq": true,
+		}}
+		e := newEnv(t, envConfig{backend: flakyBackend{Backend: mem, pub: pub}, policy: tiered.Policy{Delays: []time.Duration{10 * time.Second}}})
+		e.handle("billing", "orders", fail)
+		e.run()
+
+		e.publish("orders", message.NewMessage("m1", nil))
+		select {
+		case <-time.After(time.Minute):
+		case <-e.runaway: // a hot loop keeps the bubble's clock from moving
+			t.Fatalf("more than %d deliveries: the message is redelivered in a hot loop", runawayDelivers)
+		}
+		synctest.Wait()
+
+		var at []time.Duration
+		for _, c := range e.recorded() {
+			at = append(at, c.at)
+		}
+		require.GreaterOrEqual(t, len(at), 4, "the message comes back: %v", at)
+		require.Less(t, len(at), 10, "not a hot loop: %v", at)
+		for i := 2; i < len(at); i++ {
+			require.Greater(t, at[i]-at[i-1], at[i-1]-at[i-2], "each Nack later than the one before: %v", at)
+		}
+		_, nacks := e.counts("orders")
+		require.Contains(t, []int{len(at) - 1, len(at)}, nacks, "every try ends in a Nack (the last may still be waiting for its own)")
 	})
 }
 
@@ -441,7 +579,8 @@ func TestRetry_forgedMainTopicMetadataIgnored(t *testing.T) {
 				require.Equal(t, "acme", md.Get("tenant"))
 
 				require.Equal(t, []call{
-					{topic: "orders", at: 0, attempt: tt.forged.Get(tiered.KeyAttempt), tier: tt.forged.Get(tiered.KeyTier)},
+					// The handler never sees the forged retry keys.
+					{topic: "orders", at: 0, attempt: "", tier: ""},
 					{topic: "orders.billing.retry.10s", at: 10 * time.Second, attempt: "1", tier: "1"},
 				}, e.recorded())
 				tiers[1].requireEmpty()
@@ -788,3 +927,133 @@ func TestRetry_perHandlerIsolation(t *testing.T) {
 		require.Len(t, e.recorded(), 2, "billing: main and tier 1")
 	})
 }
+
+// A message acked before its handler ends (Watermill's InstantAck) has its
+// context ended by the subscriber at the Ack; its failure must still reach
+// the tier, then the dead-letter topic, not vanish as an "interrupted"
+// attempt.
+func TestRetry_earlyAckStillSendsTheCopy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, envConfig{
+			policy:     tiered.Policy{Delays: []time.Duration{10 * time.Second}},
+			middleware: []message.HandlerMiddleware{wmiddleware.InstantAck},
+		})
+		h := e.handle("billing", "orders", func(_ int, msg *message.Message) error {
+			<-msg.Context().Done() // the subscriber ends the context at the early Ack
+			return errBoom
+		})
+		tiers, dlq := e.collectAll(h.Topics)
+		e.run()
+
+		e.publish("orders", message.NewMessage("m1", []byte("payload")))
+		got := dlq.next()
+		e.settle()
+
+		require.Equal(t, "m1", tiers[0].next().UUID, "the failure went to the tier")
+		require.Equal(t, "m1", got.UUID, "and, failing again, to the dead-letter topic")
+		require.Equal(t, "2", got.Metadata.Get(tiered.KeyAttempt))
+		require.Len(t, e.recorded(), 2)
+	})
+}
+
+// An outer middleware that gives each message a fresh context must not make
+// tier deliveries look like first deliveries: the handler is bound to the
+// hop it consumes when it is wired, so attempts count up and the message is
+// dead-lettered after MaxAttempts instead of circling through tier 1.
+func TestRetry_freshContextFromAnOuterMiddlewareKeepsTheAttemptCount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		freshContext := func(h message.HandlerFunc) message.HandlerFunc {
+			return func(msg *message.Message) ([]*message.Message, error) {
+				msg.SetContext(context.Background())
+				return h(msg)
+			}
+		}
+		e := newEnv(t, envConfig{
+			policy:     tiered.Policy{Delays: []time.Duration{10 * time.Second}, MaxAttempts: 3},
+			middleware: []message.HandlerMiddleware{freshContext},
+		})
+		h := e.handle("billing", "orders", fail)
+		_, dlq := e.collectAll(h.Topics)
+		e.run()
+
+		e.publish("orders", message.NewMessage("m1", nil))
+		got := dlq.next()
+		e.settle()
+
+		require.Equal(t, "3", got.Metadata.Get(tiered.KeyAttempt))
+		require.Equal(t, []string{"", "1", "2"}, attemptsOf(e.recorded()), "main, then tier 1 twice (the last tier repeats)")
+		dlq.requireEmpty()
+	})
+}
+
+func attemptsOf(calls []call) []string {
+	out := make([]string, len(calls))
+	for i, c := range calls {
+		out[i] = c.attempt
+	}
+	return out
+}
+
+// A retry_attempt near the largest int cannot wrap around into an early
+// tier: the message is past every MaxAttempts and goes to the dead-letter
+// topic.
+func TestRetry_attemptNearMaxIntGoesToDLQ(t *testing.T) {
+	for _, attempt := range []int{math.MaxInt, math.MaxInt - 1} {
+		t.Run(strconv.Itoa(attempt), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, envConfig{policy: tiered.Policy{Delays: []time.Duration{10 * time.Second}, MaxAttempts: 5}})
+				h := e.handle("billing", "orders", fail)
+				tiers, dlq := e.collectAll(h.Topics)
+				e.run()
+
+				msg := message.NewMessage("m1", nil)
+				tiered.Info{Attempt: attempt, Tier: 1, OriginalTopic: "orders", Handler: "billing", FirstFailure: e.start, LastFailure: e.start}.Write(msg.Metadata)
+				e.publish(h.Topics.Tiers[0], msg)
+				got := dlq.next()
+				e.settle()
+
+				require.Equal(t, strconv.Itoa(math.MaxInt), got.Metadata.Get(tiered.KeyAttempt))
+				require.Contains(t, got.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "no attempts left")
+				tiers[0].next() // the message the test published
+				tiers[0].requireEmpty()
+			})
+		})
+	}
+}
+
+// A panic keeps where it happened: the error (in the log, the classifier
+// and the metadata) is Watermill's RecoveredPanicError with the stack from
+// the panicking frame, bounded.
+func TestRetry_panicKeepsItsStack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var classified []error
+		e := newEnv(t, envConfig{policy: tiered.Policy{
+			Delays: []time.Duration{10 * time.Second},
+			Classify: func(p tiered.ClassifyParams) tiered.Decision {
+				classified = append(classified, p.Err)
+				return tiered.Retry
+			},
+		}})
+		h := e.handle("billing", "orders", func(int, *message.Message) error { return chargeCard() })
+		tiers, _ := e.collectAll(h.Topics)
+		e.run()
+
+		e.publish("orders", message.NewMessage("m1", nil))
+		got := tiers[0].next()
+		e.settle()
+
+		lastErr := got.Metadata.Get(tiered.KeyLastError)
+		require.Contains(t, lastErr, "card gateway exploded")
+		require.Contains(t, lastErr, "router_test.chargeCard", "the stack starts at the frame that panicked")
+		require.LessOrEqual(t, len(lastErr), tiered.MaxErrorBytes)
+		require.NotEmpty(t, classified)
+		var panicked wmiddleware.RecoveredPanicError
+		require.ErrorAs(t, classified[0], &panicked, "Watermill's own panic error, as Recoverer makes it")
+		require.Equal(t, "card gateway exploded", panicked.V)
+		require.Contains(t, panicked.Stacktrace, "router_test.chargeCard")
+		require.LessOrEqual(t, len(panicked.Stacktrace), 4096)
+	})
+}
+
+//go:noinline
+func chargeCard() error { panic("card gateway exploded") }

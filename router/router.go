@@ -72,6 +72,11 @@ type Handler struct {
 	Main *message.Handler
 	// Tiers holds one handler per tier topic, in tier order.
 	Tiers []*message.Handler
+	// Retired holds one handler per retired tier: a tier topic of an
+	// earlier policy of this handler (its delay has left Policy.Delays)
+	// that still held messages when the handler was added. Each stops by
+	// itself once its tier is drained.
+	Retired []*message.Handler
 	// Topics names the handler's topics.
 	Topics tiered.Topics
 }
@@ -85,6 +90,17 @@ type Handler struct {
 // dead-letter topics where needed, waiting at most 30 seconds), and returns
 // an error, never a panic, for a bad name or a taken handler name. If the
 // router already runs, call its RunHandlers afterwards.
+//
+// Changing Policy.Delays renames tier topics, so messages may still wait in
+// tiers of an earlier policy. Where the backend can inspect topics
+// ([tiered.Inspector]: Kafka and Redis) and topics have the default names,
+// AddHandler finds the handler's retired tiers that still hold messages,
+// logs them, and consumes each until it is drained (Handler.Retired): their
+// messages are handed on when due, never later than their retired delay
+// allows, and their next failure follows the current policy. A handler that
+// is renamed or removed leaves its topics and groups as they are: its
+// messages wait in its tiers until a handler of the old name runs again
+// (see README, "Changing the policy").
 func (w *Retrier) AddHandler(r *message.Router, name, topic, publishTopic string, publisher message.Publisher, h message.HandlerFunc) (*Handler, error) {
 	if h == nil {
 		return nil, errors.New("nil handler function")
@@ -170,12 +186,6 @@ func (w *Retrier) add(
 		if _, taken := existing[names[i]]; taken {
 			return nil, fmt.Errorf("the router already has a handler named %q", names[i])
 		}
-		for j := range i {
-			if names[j] == names[i] {
-				return nil, fmt.Errorf("handler %q: tiers %d and %d have the same delay %v, so both tier handlers would be named %q: give each tier its own delay",
-					name, j+1, i+1, d, names[i])
-			}
-		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -183,9 +193,13 @@ func (w *Retrier) add(
 	if err := w.config.Backend.Prepare(ctx, topics); err != nil {
 		return nil, fmt.Errorf("handler %q: prepare topics: %w", name, err)
 	}
+	retired, err := w.findRetiredTiers(ctx, topics)
+	if err != nil {
+		return nil, fmt.Errorf("handler %q: %w", name, err)
+	}
 
-	// Make every subscriber before touching the router, so that a failure
-	// leaves the router as it was.
+	// Make every subscriber and middleware before touching the router, so
+	// that a failure leaves the router as it was.
 	var subs []message.Subscriber
 	closeAll := func() {
 		for _, s := range subs {
@@ -194,37 +208,85 @@ func (w *Retrier) add(
 	}
 	var mainSub message.Subscriber
 	if main == nil {
-		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(topic), Topic: topic, DLQ: topics.DLQ})
+		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(topic), Handler: name, Topic: topic, DLQ: topics.DLQ})
 		if err != nil {
 			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, topic, err)
 		}
 		subs = append(subs, mainSub)
 	}
-	tierSubs := make([]message.Subscriber, len(topics.Tiers))
-	for i, tierTopic := range topics.Tiers {
-		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(tierTopic), Topic: tierTopic, Delay: topics.Delays[i], DLQ: topics.DLQ})
+	// hops are the tier handlers to add: one per tier of the policy, then
+	// one per retired tier that still holds messages.
+	type hop struct {
+		name, topic string
+		delay       time.Duration
+		sub         message.Subscriber
+		mw          message.HandlerMiddleware
+	}
+	var hops []hop
+	subscribe := func(h hop, group string, retiredTier bool) (hop, error) {
+		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: group, Handler: name, Topic: h.topic, Delay: h.delay, DLQ: topics.DLQ})
 		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, tierTopic, err)
+			return h, fmt.Errorf("handler %q: subscribe to %s: %w", name, h.topic, err)
 		}
 		subs = append(subs, sub)
-		held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: topics.Delays[i]}, w.logger)
+		if retiredTier {
+			if sub, err = newDrainingSubscriber(sub, w.config.Backend, group, w.logger); err != nil {
+				return h, fmt.Errorf("handler %q: %w", name, err)
+			}
+		}
+		if h.sub, err = tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: h.delay}, w.logger); err != nil {
+			return h, fmt.Errorf("handler %q: %w", name, err)
+		}
+		return h, nil
+	}
+	for i, tierTopic := range topics.Tiers {
+		mw, err := retry.TierMiddleware(i + 1)
+		if err == nil {
+			var h hop
+			h, err = subscribe(hop{name: names[i], topic: tierTopic, delay: topics.Delays[i], mw: mw}, topics.Group(tierTopic), false)
+			hops = append(hops, h)
+		}
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("handler %q: %w", name, err)
+			return nil, err
 		}
-		tierSubs[i] = held
+	}
+	for _, rt := range retired {
+		h := hop{name: name + ".retry." + tiered.FormatDelay(rt.delay), topic: rt.topic, delay: rt.delay}
+		if _, taken := existing[h.name]; taken {
+			closeAll()
+			return nil, fmt.Errorf("the router already has a handler named %q", h.name)
+		}
+		mw, err := retry.RetiredTierMiddleware(rt.topic, rt.delay)
+		if err == nil {
+			h.mw = mw
+			h, err = subscribe(h, rt.topic, true) // a tier's group is named after its topic
+			hops = append(hops, h)
+		}
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		w.logger.Info("Found a retired tier that still holds messages: consuming it until it is drained", watermill.LogFields{
+			"handler_name": name, "topic": rt.topic, "delay": rt.delay.String(), "messages": rt.lag,
+		})
 	}
 
 	out := &Handler{Main: main, Topics: topics}
 	if main == nil {
 		out.Main = addOne(name, topic, mainSub)
 	}
+	// Each handler is bound to the hop it consumes here, where it is
+	// wired, not from a context value that other middleware may replace.
 	out.Main.AddMiddleware(retry.Middleware)
-	for i, tierTopic := range topics.Tiers {
-		th := addOne(names[i], tierTopic, tierSubs[i])
-		th.AddMiddleware(retry.Middleware)
-		out.Tiers = append(out.Tiers, th)
+	for i, h := range hops {
+		added := addOne(h.name, h.topic, h.sub)
+		added.AddMiddleware(h.mw)
+		if i < len(topics.Tiers) {
+			out.Tiers = append(out.Tiers, added)
+		} else {
+			out.Retired = append(out.Retired, added)
+		}
 	}
 	w.logger.Debug("Added handler with tiered retries", watermill.LogFields{
 		"handler_name": name, "topic": topic, "tiers": len(topics.Tiers), "dlq": topics.DLQ,

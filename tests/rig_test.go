@@ -31,6 +31,11 @@ const (
 	// metaSentinel marks the messages of [rig.flush]: they fail on every
 	// attempt, in every handler.
 	metaSentinel = "test_sentinel"
+	// metaTooLarge marks a message whose copies the rig's publisher refuses
+	// as tiered.ErrUnpublishable while they carry a payload, like a broker
+	// refusing a record that grew too large with its retry metadata. A
+	// dead-letter stub (no payload) passes.
+	metaTooLarge = "test_too_large"
 )
 
 // waitFor bounds every wait for an outcome.
@@ -45,7 +50,7 @@ type call struct {
 	msg     *message.Message
 	uuid    string
 	topic   string    // consumed from
-	tier    int       // 0 on the main topic, i+1 on Topics.Tiers[i]
+	tier    int       // 0 on the main topic, i+1 on Topics.Tiers[i], -1 on a retired tier
 	attempt int       // 1 on the main topic, retry_attempt+1 on a tier
 	at      time.Time // wall clock, like due times
 	due     time.Time // the due time the message carried (zero on main)
@@ -99,8 +104,10 @@ type rig struct {
 	policy  tiered.Policy
 	logger  *levelLogger
 
-	specs  []spec
-	topics map[string]tiered.Topics // by handler name
+	specs      []spec
+	middleware []message.HandlerMiddleware // router middleware, outside the retry middleware
+	topics     map[string]tiered.Topics    // by handler name
+	handlers   map[string]*router.Handler  // by handler name, of the running router
 
 	mu     sync.Mutex
 	calls  []call
@@ -119,19 +126,27 @@ func newRig(t *testing.T, b Backend, policy tiered.Policy) *rig {
 	t.Helper()
 	logger := newLevelLogger(t)
 	return &rig{
-		t:       t,
-		b:       b,
-		backend: &recordingBackend{Backend: b.New(t)},
-		topic:   uniqueTopic(t),
-		policy:  policy,
-		logger:  logger,
-		topics:  map[string]tiered.Topics{},
+		t:        t,
+		b:        b,
+		backend:  &recordingBackend{Backend: b.New(t)},
+		topic:    uniqueTopic(t),
+		policy:   policy,
+		logger:   logger,
+		topics:   map[string]tiered.Topics{},
+		handlers: map[string]*router.Handler{},
 	}
 }
 
 // handle adds a handler to the routers the rig starts.
 func (r *rig) handle(name string, fn handlerFunc) *rig {
 	r.specs = append(r.specs, spec{name: name, fn: fn})
+	return r
+}
+
+// use adds router middleware to the routers the rig starts. Router
+// middleware runs outside the retry middleware of each handler.
+func (r *rig) use(m ...message.HandlerMiddleware) *rig {
+	r.middleware = append(r.middleware, m...)
 	return r
 }
 
@@ -148,6 +163,7 @@ func (r *rig) start() {
 
 	wr, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, r.logger)
 	require.NoError(t, err)
+	wr.AddMiddleware(r.middleware...)
 	retrying, err := router.New(router.Config{Backend: r.backend, Policy: r.policy}, r.logger)
 	require.NoError(t, err)
 	for _, s := range r.specs {
@@ -155,6 +171,7 @@ func (r *rig) start() {
 		require.NoError(t, err)
 		r.mu.Lock()
 		r.topics[s.name] = h.Topics
+		r.handlers[s.name] = h
 		r.mu.Unlock()
 
 		reader := s.name + ".dlq-reader"
@@ -218,8 +235,11 @@ func (r *rig) record(s spec, run int) message.NoPublishHandlerFunc {
 		r.mu.Lock()
 		topics := r.topics[s.name]
 		r.mu.Unlock()
-		if i := slices.Index(topics.Tiers, c.topic); i >= 0 {
-			c.tier = i + 1
+		if c.topic != "" && c.topic != r.topic {
+			c.tier = slices.Index(topics.Tiers, c.topic) + 1 // 0 for a retired tier
+			if c.tier == 0 {
+				c.tier = -1
+			}
 			info, err := tiered.ReadInfo(msg.Metadata)
 			if err != nil {
 				c.attempt = -1
@@ -431,6 +451,24 @@ func (b *recordingBackend) Prepare(ctx context.Context, topics tiered.Topics) er
 
 func (b *recordingBackend) Publisher() message.Publisher { return recordingPublisher{b} }
 
+// ListTopics and Lag pass the backend's tiered.Inspector through, so that
+// the router finds retired tiers behind the recording.
+func (b *recordingBackend) ListTopics(ctx context.Context, prefix string) ([]string, error) {
+	in, ok := b.Backend.(tiered.Inspector)
+	if !ok {
+		return nil, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
+	}
+	return in.ListTopics(ctx, prefix)
+}
+
+func (b *recordingBackend) Lag(ctx context.Context, topic, group string) (int64, error) {
+	in, ok := b.Backend.(tiered.Inspector)
+	if !ok {
+		return 0, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
+	}
+	return in.Lag(ctx, topic, group)
+}
+
 // published returns what was published so far.
 func (b *recordingBackend) published() []publishRecord {
 	b.mu.Lock()
@@ -459,6 +497,16 @@ func (p recordingPublisher) Publish(topic string, msgs ...*message.Message) erro
 		}
 		b.mu.Unlock()
 		return err
+	}
+	if b.retry[topic] {
+		for _, msg := range msgs {
+			if msg.Metadata.Get(metaTooLarge) != "" && len(msg.Payload) > 0 {
+				err := fmt.Errorf("record of %d bytes is too large: %w", len(msg.Payload), tiered.ErrUnpublishable)
+				b.pubs = append(b.pubs, publishRecord{topic: topic, uuid: msg.UUID, at: now, err: err})
+				b.mu.Unlock()
+				return err
+			}
+		}
 	}
 	b.mu.Unlock()
 	err := b.Backend.Publisher().Publish(topic, msgs...)

@@ -40,6 +40,11 @@ type SubscribeParams struct {
 	// its own and equal handler names on two topics share no group.
 	Group string
 
+	// Handler is the name of the handler the subscription is for, which a
+	// backend writes into what it dead-letters itself. Empty outside a
+	// handler.
+	Handler string
+
 	// Topic is the topic that will be subscribed to.
 	Topic string
 
@@ -59,7 +64,9 @@ type SubscribeParams struct {
 // tells how far a consumer group is behind on one. The router uses it to
 // find a handler's retired tiers (tier topics of an earlier policy that
 // still hold messages) and the dlq package to discover the topology.
-// Backends that cannot inspect (the in-memory one) do not implement it.
+// Backends that cannot inspect (the in-memory one) do not implement it; a
+// wrapper around such a backend returns an error wrapping
+// errors.ErrUnsupported.
 type Inspector interface {
 	// ListTopics returns, sorted, the names of the topics (Redis: stream
 	// keys) that start with prefix; "" lists them all.

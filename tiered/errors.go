@@ -16,6 +16,9 @@ var (
 	// ErrInvalidMetadata is wrapped by errors about retry metadata that
 	// cannot be parsed.
 	ErrInvalidMetadata = errors.New("invalid retry metadata")
+	// ErrClosed is returned by [Subscriber.Subscribe] after
+	// [Subscriber.Close].
+	ErrClosed = errors.New("subscriber closed")
 	// ErrUnpublishable is wrapped by a publisher's error when the message
 	// can never be published as it is, so that trying again cannot help:
 	// it is too large for the broker, its topic does not exist (after

@@ -29,7 +29,7 @@ func ExamplePolicy_Topics() {
 	fmt.Println("dead letters:", topics.DLQ)
 	for attempt := 1; attempt <= policy.MaxAttempts; attempt++ {
 		if tier, ok := policy.TierFor(attempt); ok {
-			fmt.Printf("attempt %d fails -> %s\n", attempt, topics.Tiers[tier])
+			fmt.Printf("attempt %d fails -> %s\n", attempt, topics.Tiers[tier-1])
 		} else {
 			fmt.Printf("attempt %d fails -> %s\n", attempt, topics.DLQ)
 		}

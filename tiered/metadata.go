@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,24 @@ const (
 	// it finds the original: XRANGE {stream} {id} {id}.
 	KeyRedisEntryID = "retry_redis_entry_id"
 
+	// KeyRedriveCount is how many times the message was redriven from a
+	// dead-letter topic back into its handler (by the dlq package or
+	// retryctl). Unlike the retry keys it is not removed by [ClearInfo]:
+	// it stays with the message through its next life, into the
+	// dead-letter topic again, so that a cap on redrives holds across
+	// redrive cycles.
+	KeyRedriveCount = "retry_redrive_count"
+	// KeyRedriveTime is when the message was last redriven. Kept like
+	// [KeyRedriveCount].
+	KeyRedriveTime = "retry_redrive_ms"
+
+	// KeyPayloadDropped is set on a dead-letter stub ([DeadLetterStub]),
+	// which stands in for a copy that could not be published at all: the
+	// size in bytes of the payload that was left out. The origin keys
+	// (KeyKafkaPartition and friends) say where the original can be
+	// fetched again.
+	KeyPayloadDropped = "retry_payload_dropped_bytes"
+
 	// Dead-letter messages also carry Watermill's poison keys
 	// (middleware.ReasonForPoisonedKey, PoisonedTopicKey,
 	// PoisonedHandlerKey, PoisonedSubscriberKey), so Watermill's tooling
@@ -102,6 +121,11 @@ type Info struct {
 // ReadInfo parses the retry metadata of a message consumed from a tier
 // topic. Missing or malformed keys give an error wrapping
 // [ErrInvalidMetadata] that names the key and its value.
+//
+// A handler may call it to learn which attempt it runs. On a handler's own
+// topic the retry middleware removes the retry keys before the handler runs
+// ([ClearUntrusted]), so there ReadInfo reports them missing rather than
+// returning what a producer forged.
 func ReadInfo(md message.Metadata) (Info, error) {
 	var info Info
 	var err error
@@ -148,6 +172,23 @@ func (i Info) Write(md message.Metadata) {
 func ClearInfo(md message.Metadata) {
 	for _, k := range retryKeys {
 		delete(md, k)
+	}
+}
+
+// ClearUntrusted removes from md the retry keys and origin keys, which a
+// message consumed from a handler's own topic cannot be trusted to carry
+// (anyone can write to that topic). The retry middleware calls it before
+// the handler sees such a message, so that [ReadInfo] and the backends'
+// origin readers never return forged values there. Watermill's delay and
+// poison keys are left alone, and so are keys that are not about one life
+// of the message through the tiers. It costs one pass over md, on the happy
+// path.
+func ClearUntrusted(md message.Metadata) {
+	for k := range md {
+		if strings.HasPrefix(k, "retry_") &&
+			(slices.Contains(retryKeys[:], k) || slices.Contains(originKeys[:], k) || k == KeyPayloadDropped) {
+			delete(md, k)
+		}
 	}
 }
 

@@ -18,7 +18,7 @@ type TopicParams struct {
 	Handler string
 	// DLQ is true for the dead-letter topic; Tier and Delay are then zero.
 	DLQ bool
-	// Tier is the 0-based tier index.
+	// Tier is the tier's number, from 1, as in [KeyTier].
 	Tier int
 	// Delay is the tier's delay.
 	Delay time.Duration
@@ -83,12 +83,12 @@ func (t Topics) Group(topic string) string {
 	return ""
 }
 
-// Tier returns the 0-based tier of topic, or false when topic is not one
-// of the tier topics.
+// Tier returns the number (from 1, as in [KeyTier]) of the tier whose
+// topic is topic, or false when topic is not one of the tier topics.
 func (t Topics) Tier(topic string) (int, bool) {
 	for i, name := range t.Tiers {
 		if name == topic {
-			return i, true
+			return i + 1, true
 		}
 	}
 	return 0, false
@@ -129,7 +129,7 @@ func (p Policy) Topics(topic, handler string, namer TopicNamer) (Topics, error) 
 	}
 	for i := range p.Tiers() {
 		d := p.Delays[i]
-		name := namer(TopicParams{Topic: topic, Handler: handler, Tier: i, Delay: d})
+		name := namer(TopicParams{Topic: topic, Handler: handler, Tier: i + 1, Delay: d})
 		check(name, fmt.Sprintf("tier %d (%v)", i+1, d))
 		t.Tiers = append(t.Tiers, name)
 		t.Delays = append(t.Delays, d)

@@ -41,8 +41,8 @@ func TestDefaultTopicName(t *testing.T) {
 		params tiered.TopicParams
 		want   string
 	}{
-		{"first tier", tiered.TopicParams{Topic: "orders", Handler: "billing", Tier: 0, Delay: 10 * time.Second}, "orders.billing.retry.10s"},
-		{"later tier", tiered.TopicParams{Topic: "orders", Handler: "billing", Tier: 2, Delay: 5 * time.Minute}, "orders.billing.retry.5m"},
+		{"first tier", tiered.TopicParams{Topic: "orders", Handler: "billing", Tier: 1, Delay: 10 * time.Second}, "orders.billing.retry.10s"},
+		{"later tier", tiered.TopicParams{Topic: "orders", Handler: "billing", Tier: 3, Delay: 5 * time.Minute}, "orders.billing.retry.5m"},
 		{"dead-letter topic", tiered.TopicParams{Topic: "orders", Handler: "billing", DLQ: true}, "orders.billing.dlq"},
 	}
 	for _, tt := range tests {
@@ -69,7 +69,7 @@ func TestPolicy_topicsNamesEveryReachableTier(t *testing.T) {
 	for i, name := range got.Tiers {
 		tier, ok := got.Tier(name)
 		require.True(t, ok)
-		require.Equal(t, i, tier)
+		require.Equal(t, i+1, tier, "tiers are numbered from 1")
 	}
 	for _, notTier := range []string{"orders", "orders.billing.dlq", "orders.billing.retry.5m", ""} {
 		_, ok := got.Tier(notTier)
@@ -91,11 +91,11 @@ func TestPolicy_topicsWithCustomNamer(t *testing.T) {
 	got, err := p.Topics("orders", "billing", namer)
 
 	require.NoError(t, err)
-	require.Equal(t, []string{"retry.billing.0", "retry.billing.1"}, got.Tiers)
+	require.Equal(t, []string{"retry.billing.1", "retry.billing.2"}, got.Tiers)
 	require.Equal(t, "dead.billing", got.DLQ)
 	require.Equal(t, []tiered.TopicParams{
-		{Topic: "orders", Handler: "billing", Tier: 0, Delay: time.Second},
-		{Topic: "orders", Handler: "billing", Tier: 1, Delay: time.Minute},
+		{Topic: "orders", Handler: "billing", Tier: 1, Delay: time.Second},
+		{Topic: "orders", Handler: "billing", Tier: 2, Delay: time.Minute},
 		{Topic: "orders", Handler: "billing", DLQ: true},
 	}, params)
 }

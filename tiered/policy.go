@@ -10,7 +10,9 @@ import (
 )
 
 // Policy says how often a failed message is tried again and how long each
-// try waits. It is plain data; the zero value is invalid.
+// try waits. It is plain data. The zero value is invalid ([Policy.Validate]
+// rejects it): a policy either has Delays, or says MaxAttempts: 1 (no
+// retries, every failure is dead-lettered).
 //
 // Attempts are counted across the whole life of a message: attempt 1 is the
 // delivery from the handler's own topic, attempt n (n >= 2) is the delivery
@@ -129,8 +131,11 @@ func (p Policy) WithDefaults() Policy {
 // Validate reports every problem with p, as if its defaults were applied.
 // It does not change p. Each error wraps [ErrInvalidPolicy].
 func (p Policy) Validate() error {
-	p = p.WithDefaults()
 	var errs []error
+	if p.MaxAttempts == 0 && len(p.Delays) == 0 {
+		errs = append(errs, fmt.Errorf("%w: the zero Policy retries nothing: give Delays (one per tier), or set MaxAttempts to 1 to dead-letter every failure", ErrInvalidPolicy))
+	}
+	p = p.WithDefaults()
 	if p.MaxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("%w: MaxAttempts is %d, must be at least 1", ErrInvalidPolicy, p.MaxAttempts))
 	}
@@ -140,6 +145,13 @@ func (p Policy) Validate() error {
 	for i, d := range p.Delays {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%w: Delays[%d] is %v, must be positive", ErrInvalidPolicy, i, d))
+		}
+		for j := range i {
+			if p.Delays[j] == d && d > 0 {
+				errs = append(errs, fmt.Errorf("%w: Delays[%d] and Delays[%d] are both %v, so both tiers would be the topic %q: give each tier its own delay (when attempts outnumber tiers, the last tier repeats by itself)",
+					ErrInvalidPolicy, j, i, d, DefaultTopicName(TopicParams{Topic: "{topic}", Handler: "{handler}", Delay: d})))
+				break
+			}
 		}
 	}
 	if p.Quick.Attempts < 0 {
@@ -155,14 +167,15 @@ func (p Policy) Tiers() int {
 	return min(len(p.Delays), max(p.MaxAttempts-1, 0))
 }
 
-// TierFor returns the 0-based tier that a message enters after attempt
-// failed, and false when no attempts are left.
+// TierFor returns the tier (numbered from 1, as in [KeyTier]; its topic is
+// Topics.Tiers[tier-1]) that a message enters after attempt failed, and
+// false when no attempts are left.
 func (p Policy) TierFor(attempt int) (int, bool) {
 	p = p.WithDefaults()
 	if attempt >= p.MaxAttempts || len(p.Delays) == 0 {
 		return 0, false
 	}
-	return min(max(attempt, 1)-1, len(p.Delays)-1), true
+	return min(max(attempt, 1), len(p.Delays)), true
 }
 
 // decide applies the permanent marker and the classifier.

@@ -24,6 +24,16 @@ func TestPolicy_validateRejectsInvalidConfig(t *testing.T) {
 			wantText: []string{"MaxAttempts is 3", "Delays is empty"},
 		},
 		{
+			name:     "the zero Policy",
+			policy:   tiered.Policy{},
+			wantText: []string{"the zero Policy retries nothing", "MaxAttempts to 1"},
+		},
+		{
+			name:     "two tiers with one delay share a topic",
+			policy:   tiered.Policy{Delays: []time.Duration{time.Second, time.Minute, 60 * time.Second}},
+			wantText: []string{"Delays[1] and Delays[2] are both 1m0s", `"{topic}.{handler}.retry.1m"`},
+		},
+		{
 			name:     "zero delay",
 			policy:   tiered.Policy{Delays: []time.Duration{time.Second, 0}},
 			wantText: []string{"Delays[1]", "must be positive"},
@@ -70,7 +80,6 @@ func TestPolicy_validateAcceptsValidConfig(t *testing.T) {
 		name   string
 		policy tiered.Policy
 	}{
-		{"no retries at all", tiered.Policy{}},
 		{"MaxAttempts 1 without delays", tiered.Policy{MaxAttempts: 1}},
 		{"each tier once", tiered.Policy{Delays: []time.Duration{time.Second, time.Minute}}},
 		{"last tier repeats", tiered.Policy{Delays: []time.Duration{time.Second}, MaxAttempts: 10}},
@@ -114,19 +123,19 @@ func TestPolicy_tiersAndTierFor(t *testing.T) {
 			name:      "each tier once (default MaxAttempts)",
 			policy:    tiered.Policy{Delays: []time.Duration{s, m, h}},
 			wantTiers: 3,
-			tierFor:   []tierFor{{1, 0, true}, {2, 1, true}, {3, 2, true}, {4, 0, false}},
+			tierFor:   []tierFor{{1, 1, true}, {2, 2, true}, {3, 3, true}, {4, 0, false}},
 		},
 		{
 			name:      "attempts outnumber tiers: the last tier repeats",
 			policy:    tiered.Policy{Delays: []time.Duration{s, m}, MaxAttempts: 5},
 			wantTiers: 2,
-			tierFor:   []tierFor{{1, 0, true}, {2, 1, true}, {3, 1, true}, {4, 1, true}, {5, 0, false}, {6, 0, false}},
+			tierFor:   []tierFor{{1, 1, true}, {2, 2, true}, {3, 2, true}, {4, 2, true}, {5, 0, false}, {6, 0, false}},
 		},
 		{
 			name:      "tiers outnumber attempts: the extra tiers are never reached",
 			policy:    tiered.Policy{Delays: []time.Duration{s, m, h}, MaxAttempts: 2},
 			wantTiers: 1,
-			tierFor:   []tierFor{{1, 0, true}, {2, 0, false}},
+			tierFor:   []tierFor{{1, 1, true}, {2, 0, false}},
 		},
 		{
 			name:      "MaxAttempts 1: no tier",
@@ -150,7 +159,7 @@ func TestPolicy_tiersAndTierFor(t *testing.T) {
 			name:      "attempt 0 (nothing failed yet) maps to the first tier",
 			policy:    tiered.Policy{Delays: []time.Duration{s, m}},
 			wantTiers: 2,
-			tierFor:   []tierFor{{0, 0, true}, {-1, 0, true}},
+			tierFor:   []tierFor{{0, 1, true}, {-1, 1, true}},
 		},
 	}
 	for _, tt := range tests {
@@ -161,7 +170,8 @@ func TestPolicy_tiersAndTierFor(t *testing.T) {
 				require.Equal(t, c.wantOK, ok, "TierFor(%d) ok", c.attempt)
 				if ok {
 					require.Equal(t, c.wantTier, tier, "TierFor(%d)", c.attempt)
-					require.Less(t, tier, tt.policy.Tiers(), "TierFor(%d) must name a tier that Tiers counts", c.attempt)
+					require.GreaterOrEqual(t, tier, 1, "TierFor(%d) numbers tiers from 1", c.attempt)
+					require.LessOrEqual(t, tier, tt.policy.Tiers(), "TierFor(%d) must name a tier that Tiers counts", c.attempt)
 				}
 			}
 		})

@@ -57,9 +57,13 @@ type Subscriber struct {
 	config SubscriberConfig
 	logger watermill.LoggerAdapter
 
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	// mu guards closed and the wg.Add of a new subscription, so that Close
+	// never waits while a Subscribe is adding to wg, and no subscription
+	// starts after Close began.
+	mu      sync.Mutex
+	closed  bool
+	closing chan struct{}
+	wg      sync.WaitGroup
 }
 
 // NewSubscriber wraps sub.
@@ -89,10 +93,10 @@ func SubscriberDecorator(config SubscriberConfig, logger watermill.LoggerAdapter
 // after the wrapped channel closes, which Watermill subscribers do when ctx
 // ends or they are closed; holds end at once on either.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	select {
-	case <-s.closing:
-		return nil, errors.New("subscriber closed")
-	default:
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
 	}
 	in, err := s.sub.Subscribe(ctx, topic)
 	if err != nil {
@@ -205,13 +209,18 @@ func clampSlack(maxDelay time.Duration) time.Duration {
 }
 
 // Close stops every hold, closes the wrapped subscriber and waits until
-// every subscription's channel is closed. It is safe to call more than once.
+// every subscription's channel is closed. Subscribe returns [ErrClosed]
+// after it. It is safe to call more than once.
 func (s *Subscriber) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		close(s.closing)
-		err = s.sub.Close()
-		s.wg.Wait()
-	})
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	s.mu.Unlock()
+	err := s.sub.Close()
+	s.wg.Wait()
 	return err
 }

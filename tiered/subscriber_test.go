@@ -3,6 +3,7 @@ package tiered_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -422,4 +423,44 @@ func TestSubscriber_clampCountsFromTheBrokersAppendTime(t *testing.T) {
 		require.Equal(t, maxDelay, time.Since(received))
 		got.Ack()
 	})
+}
+
+// Subscribe and Close called concurrently, many times: no data race (run
+// with -race), every subscription that started has its channel closed when
+// Close returns, and a Subscribe that starts after Close returns ErrClosed.
+func TestSubscriber_subscribeAndCloseConcurrently(t *testing.T) {
+	for range 50 {
+		feed := newFeedSubscriber()
+		sub, err := tiered.NewSubscriber(feed, tiered.SubscriberConfig{MaxDelay: time.Second}, nil)
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var chans []<-chan *message.Message
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ch, err := sub.Subscribe(context.Background(), "tier")
+				if err != nil {
+					require.ErrorIs(t, err, tiered.ErrClosed)
+					return
+				}
+				mu.Lock()
+				chans = append(chans, ch)
+				mu.Unlock()
+			}()
+		}
+		require.NoError(t, sub.Close())
+		mu.Lock()
+		started := slices.Clone(chans)
+		mu.Unlock()
+		for _, ch := range started {
+			_, open := <-ch
+			require.False(t, open, "a subscription outlived Close")
+		}
+		wg.Wait()
+		require.Len(t, chans, len(started), "a Subscribe succeeded after Close returned")
+		_, err = sub.Subscribe(context.Background(), "tier")
+		require.ErrorIs(t, err, tiered.ErrClosed)
+	}
 }

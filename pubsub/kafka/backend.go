@@ -24,6 +24,8 @@ type Backend struct {
 	admin   sarama.ClusterAdmin
 	closed  bool
 	onClose func()
+
+	inspect inspector // ListTopics and Lag (inspect.go)
 }
 
 var _ tiered.Backend = (*Backend)(nil)
@@ -176,6 +178,7 @@ func (b *Backend) Close() error {
 	if b.admin != nil {
 		errs = append(errs, b.admin.Close())
 	}
+	errs = append(errs, b.inspect.close())
 	errs = append(errs, b.pub.Close())
 	if b.onClose != nil {
 		b.onClose()

@@ -390,7 +390,7 @@ func TestKafka_publishFailureLosesNothing(t *testing.T) {
 			name:     "tier",
 			target:   func(tp tiered.Topics) string { return tp.Tiers[0] },
 			policy:   fastPolicy,
-			fail:     func(attempt int) error { return map[bool]error{true: errors.New("transient")}[attempt <= 4] },
+			fail:     func(attempt int) error { return map[bool]error{true: errors.New("transient")}[attempt <= 1] },
 			wantNext: func(tp tiered.Topics) string { return tp.Tiers[0] },
 		},
 		{
@@ -419,7 +419,9 @@ func TestKafka_publishFailureLosesNothing(t *testing.T) {
 			msg := message.NewMessage(watermill.NewUUID(), []byte("order"))
 			h.publish(msg)
 
-			want := []string{h.topic, h.topic, h.topic, h.topic}
+			// The failed publishes are retried as publishes: the handler
+			// runs once on the main topic.
+			want := []string{h.topic}
 			if tc.wantNext != nil {
 				want = append(want, tc.wantNext(names))
 				require.Equal(t, want, topicsOf(h.waitCalls(len(want))))
@@ -427,7 +429,7 @@ func TestKafka_publishFailureLosesNothing(t *testing.T) {
 				dead := h.waitDead(1)
 				require.Equal(t, msg.UUID, dead[0].UUID)
 				calls, _ := h.snapshot()
-				require.Equal(t, want, topicsOf(calls), "the original is redelivered once per failed publish")
+				require.Equal(t, want, topicsOf(calls), "a failed publish does not run the handler again")
 			}
 			calls, _ := h.snapshot()
 			for _, c := range calls {

@@ -15,7 +15,9 @@ package memory
 
 import (
 	"context"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -60,7 +62,18 @@ func (b *Backend) Close() error { return b.pubSub.Close() }
 // publisher keeps callers from closing the shared GoChannel.
 type publisher struct{ pubSub *gochannel.GoChannel }
 
+// appendedKey carries the time a message was published, from the
+// publisher to the subscriber, which turns it into the message's
+// tiered.Delivery: what a broker's append time is elsewhere.
+const appendedKey = "_retry_mem_appended_ms"
+
+// Publish publishes msgs to topic, stamping each with the time, which the
+// subscriber hands on as tiered.Delivery.AppendTime.
 func (p publisher) Publish(topic string, msgs ...*message.Message) error {
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	for _, msg := range msgs {
+		msg.Metadata.Set(appendedKey, now)
+	}
 	return p.pubSub.Publish(topic, msgs...)
 }
 
@@ -92,6 +105,12 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer stop()
 		defer cancel()
 		for msg := range in {
+			if v, ok := msg.Metadata[appendedKey]; ok {
+				delete(msg.Metadata, appendedKey)
+				if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
+					msg.SetContext(tiered.WithDelivery(msg.Context(), &tiered.Delivery{AppendTime: time.UnixMilli(ms)}))
+				}
+			}
 			select {
 			case out <- msg:
 			case <-ctx.Done():

@@ -377,7 +377,8 @@ func TestBackend_undecodableEntryTooLargeForItsDeadLetter(t *testing.T) {
 	require.Empty(t, stub.Payload)
 	require.Equal(t, id, stub.Metadata.Get(redisstream.KeyEntryID))
 	require.Equal(t, topic, stub.Metadata.Get(tiered.KeyRedisStream))
-	require.Contains(t, stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "fields were dropped")
+	require.Contains(t, stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "could not be decoded")
+	require.NotEmpty(t, stub.Metadata.Get(tiered.KeyPayloadDropped))
 	require.Contains(t, stub.Metadata.Get(wmiddleware.ReasonForPoisonedKey), "proto-max-bulk-len")
 	require.Empty(t, errorLogs(logger))
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -416,13 +415,10 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	err := l.s.b.publish(dlq, out, false)
 	if errors.Is(err, tiered.ErrUnpublishable) {
 		// Too large (base64 and JSON make fields larger), say: a stub
-		// without the fields, which XRANGE finds by the entry ID.
-		stub := message.NewMessage(out.UUID, nil)
-		stub.Metadata = maps.Clone(out.Metadata)
-		stub.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(
-			fmt.Sprintf("%s; its fields were dropped from this dead letter: %v", reason, err), tiered.MaxErrorBytes))
+		// without the fields, which XRANGE finds by the entry ID
+		// (tiered.KeyPayloadDropped gives their size).
+		stub := tiered.DeadLetterStub(out, fmt.Sprintf("%s; its dead letter cannot be published (%v)", reason, err))
 		delete(stub.Metadata, KeyBase64Fields)
-		stub.SetContext(l.stop)
 		if stubErr := l.s.b.publish(dlq, stub, false); stubErr == nil {
 			err = nil
 			out = stub
@@ -461,10 +457,14 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	return true
 }
 
-// handler names the handler for the poison keys: the group without the
-// "{topic}." that [tiered.Topics.Group] puts before the handler's name on
-// its own topic; on a tier, whose group is the tier topic, the group.
+// handler names the handler for the poison keys: params.Handler, or
+// without it the group without the "{topic}." that [tiered.Topics.Group]
+// puts before the handler's name on its own topic (on a tier, whose group
+// is the tier topic, the group).
 func (s *subscriber) handler() string {
+	if s.params.Handler != "" {
+		return s.params.Handler
+	}
 	if h, ok := strings.CutPrefix(s.params.Group, s.params.Topic+"."); ok && s.params.Topic != "" && h != "" {
 		return h
 	}
