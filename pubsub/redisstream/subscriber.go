@@ -101,9 +101,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, ErrClosed
 	}
 	// The inner subscription does not end with ctx: when ctx ends, the
-	// loop first lets the message in flight finish (see forward). Its
-	// context is also every message's: it ends once the loop is done, not
-	// when a message is acked.
+	// loop first lets the message in flight finish (see forward).
 	innerCtx, innerCancel := context.WithCancel(context.WithoutCancel(ctx))
 	in, err := s.inner.Subscribe(innerCtx, topic)
 	if err != nil {
@@ -121,7 +119,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer innerCancel()
 		defer stopCancel()
 		defer unhook()
-		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop, msgCtx: innerCtx}
+		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop}
 		l.run()
 	}()
 	return out, nil
@@ -153,18 +151,14 @@ func (s *subscriber) Close() error {
 // Its goroutines: run relays until stop ends (or the inner channel
 // closes), then waits for the message in flight, acks the last entry once
 // more and stops refresh; the Subscribe goroutine then ends the inner
-// subscription and every message context (msgCtx), and closes out.
+// subscription (and with it the context of a message not acked), and
+// closes out.
 type loop struct {
 	s     *subscriber
 	topic string
 	in    <-chan *message.Message
 	out   chan<- *message.Message
 	stop  context.Context
-	// msgCtx is the context of every message handed on. It does not end
-	// when a message is acked, so a handler that acks early (Watermill's
-	// InstantAck) can still publish the message's copy; it ends when the
-	// subscription is done.
-	msgCtx context.Context
 
 	// lastAcked is the entry whose Ack was last passed on; it is acked
 	// again on the way out, in case the subscription ended before
@@ -269,7 +263,10 @@ func (l *loop) forward(msg *message.Message) bool {
 		// which every copy (tier, dead letter) keeps.
 		fwd.UUID = tiered.OriginUUID("redis", l.topic, id)
 	}
-	fwd.SetContext(tiered.WithDelivery(l.msgCtx, l.delivery(id)))
+	// watermill-redisstream's message context ends at the Ack, as
+	// Watermill's pub/subs do; the Delivery stays readable after it, for
+	// the copy of a message acked early (InstantAck).
+	fwd.SetContext(tiered.WithDelivery(msg.Context(), l.delivery(id)))
 	select {
 	case l.out <- fwd:
 	case <-l.stop.Done():
