@@ -9,6 +9,15 @@
 //
 // A server may be shared (REDIS_ADDR, port 6379), so tests name their
 // streams with [Name], and delete what matches [Pattern] when they end.
+// [Start] gives a test a server of its own, for tests that change it.
+//
+// [ClusterAddrs] returns a Redis Cluster: REDIS_CLUSTER_ADDRS, else a
+// 3-master cluster (redis-server --cluster-enabled on free ports, joined by
+// redis-cli --cluster create) started once per test binary and stopped by
+// [Main] from the package's TestMain. [StartCluster] starts one for a single
+// test, with replicas if asked, for tests that kill nodes. Starting a
+// cluster needs Redis 7.0 or later (--cluster-port); with an older one, set
+// REDIS_CLUSTER_ADDRS.
 package redistest
 
 import (
@@ -105,33 +114,73 @@ func Start(t testing.TB, args ...string) string {
 // start runs a redis-server for t on a free port.
 func start(t testing.TB, args ...string) string {
 	t.Helper()
+	bin, err := serverBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := startServer(t.TempDir(), bin, false, args...)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(srv.Kill)
+	return srv.Addr
+}
+
+// serverBinary finds redis-server on PATH.
+func serverBinary() (string, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redistest: no Redis server to test against: %s is not set, nothing answers on %s, "+
+		return "", fmt.Errorf("redistest: no Redis server to test against: %s is not set, nothing answers on %s, "+
 			"and redis-server is not on PATH. Install it (Debian/Ubuntu: apt-get install -y redis-server; "+
 			"version 6.2 or later) or set %s=host:port", EnvAddr, defaultAddr, EnvAddr)
 	}
+	return bin, nil
+}
+
+// Server is a redis-server process that this package started.
+type Server struct {
+	// Addr is where it listens ("127.0.0.1:port").
+	Addr string
+
+	cmd    *exec.Cmd
+	exited chan error // receives cmd.Wait's result once, then is closed
+	done   chan struct{}
+	once   sync.Once
+	output *lockedWriter
+}
+
+// Kill kills the server at once (SIGKILL, like kill -9) and waits until it
+// is gone. It is safe to call more than once.
+func (s *Server) Kill() {
+	s.once.Do(func() {
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	})
+}
+
+// startServer runs a redis-server in dir on a free port, with persistence
+// off and args added; with cluster, as a Redis Cluster node whose bus is
+// on a free port too. It tries three times: a free port can be taken
+// between probe and bind.
+func startServer(dir, bin string, cluster bool, args ...string) (*Server, error) {
 	var lastErr error
-	for range 3 { // a free port can be taken between probe and bind
-		addr, err := startOnce(t, bin, args...)
+	for range 3 {
+		srv, err := startServerOnce(dir, bin, cluster, args...)
 		if err == nil {
-			return addr
+			return srv, nil
 		}
 		lastErr = err
 	}
-	t.Fatalf("redistest: cannot start %s: %v", bin, lastErr)
-	return ""
+	return nil, fmt.Errorf("cannot start %s: %w", bin, lastErr)
 }
 
-func startOnce(t testing.TB, bin string, args ...string) (string, error) {
+func startServerOnce(dir, bin string, cluster bool, args ...string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	dir := t.TempDir()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	output := &lockedWriter{w: &bytes.Buffer{}}
-	cmd := exec.Command(bin, append([]string{
+	base := []string{
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -139,36 +188,51 @@ func startOnce(t testing.TB, bin string, args ...string) (string, error) {
 		"--dir", dir,
 		"--logfile", "",
 		"--daemonize", "no",
-	}, args...)...)
+	}
+	if cluster {
+		bus, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		base = append(base,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes-"+strconv.Itoa(port)+".conf",
+			"--cluster-port", strconv.Itoa(bus),
+			// Fail over within a few seconds of a master's death.
+			"--cluster-node-timeout", "2000",
+			// Replicas tell their offset soon, so that CLUSTER SLOTS
+			// lists them (it leaves out replicas at offset 0).
+			"--repl-ping-replica-period", "1",
+		)
+	}
+	output := &lockedWriter{w: &bytes.Buffer{}}
+	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Dir = dir
 	cmd.Stdout = output
 	cmd.Stderr = output
 	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
+	srv := &Server{Addr: addr, cmd: cmd, exited: make(chan error, 1), done: make(chan struct{}), output: output}
+	go func() {
+		srv.exited <- cmd.Wait()
+		close(srv.done)
+	}()
 
 	deadline := time.Now().Add(startTimeout)
 	for {
 		if ping(addr, 200*time.Millisecond) == nil {
-			t.Cleanup(stop)
-			return addr, nil
+			return srv, nil
 		}
 		select {
-		case err := <-exited:
-			exited <- err
-			return "", fmt.Errorf("redis-server on port %d exited (%v): %s", port, err, output.String())
+		case err := <-srv.exited:
+			return nil, fmt.Errorf("redis-server on port %d exited (%v): %s", port, err, output.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return "", fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", port, startTimeout, output.String())
+			srv.Kill()
+			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", port, startTimeout, output.String())
 		}
 	}
 }

@@ -16,12 +16,12 @@ const entryIDField = "\x00retry_redis_entry_id"
 // nothing, because watermill-redisstream closes the client it was given when
 // a publisher or subscriber closes, and the client is shared. Its reads add
 // each entry's ID to the entry's fields, where [unmarshaller] finds it:
-// Watermill's Unmarshaller sees only the fields. A subscriber's client also
-// keeps, in inHand, the entries its consumer read or claimed and has not
-// acked yet.
+// Watermill's Unmarshaller sees only the fields. They also note each entry
+// in the [inHand] of the subscription whose context the read runs in
+// (watermill-redisstream reads, claims and acks with the context of the
+// subscription), and acks take it out.
 type streamClient struct {
 	redis.UniversalClient
-	inHand *inHand // nil for the publisher
 }
 
 // Close does not close the shared client.
@@ -33,7 +33,7 @@ func (c streamClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *
 	cmd := c.UniversalClient.XReadGroup(ctx, a)
 	for _, xs := range cmd.Val() {
 		tagIDs(xs.Messages)
-		c.inHand.add(xs.Stream, xs.Messages)
+		inHandFrom(ctx).add(xs.Stream, xs.Messages)
 	}
 	return cmd
 }
@@ -43,7 +43,7 @@ func (c streamClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *
 func (c streamClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XMessageSliceCmd {
 	cmd := c.UniversalClient.XClaim(ctx, a)
 	tagIDs(cmd.Val())
-	c.inHand.add(a.Stream, cmd.Val())
+	inHandFrom(ctx).add(a.Stream, cmd.Val())
 	return cmd
 }
 
@@ -52,7 +52,7 @@ func (c streamClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XM
 func (c streamClient) XAck(ctx context.Context, stream, group string, ids ...string) *redis.IntCmd {
 	cmd := c.UniversalClient.XAck(ctx, stream, group, ids...)
 	if cmd.Err() == nil {
-		c.inHand.remove(stream, ids...)
+		inHandFrom(ctx).remove(stream, ids...)
 	}
 	return cmd
 }
@@ -66,74 +66,74 @@ func tagIDs(msgs []redis.XMessage) {
 	}
 }
 
-// inHand is the set of entries, per stream, that one consumer read or
-// claimed and has not acked: the entry in its handler or held until due,
-// and those its watermill-redisstream subscriber read ahead. The
-// subscription refreshes its claim on each of them (see [loop.refresh]), so
-// that no other consumer takes an entry this consumer still has. Entries
-// pending on the consumer that it does not have in hand (a reply lost on
-// the network, a subscription that ended) are not refreshed, and come back
-// after MaxIdleTime. The nil *inHand keeps nothing.
+// inHand is the set of entries of one stream that one subscription's
+// consumer read or claimed and has not acked: the entry in its handler or
+// held until due, and those its watermill-redisstream subscriber read
+// ahead. The subscription refreshes its claim on each of them (see
+// [loop.refresh]), so that no other consumer takes an entry this consumer
+// still has. Entries pending on the consumer that it does not have in hand
+// (a reply lost on the network, a subscription that ended: each
+// subscription has a set of its own) are not refreshed, and come back after
+// MaxIdleTime. The nil *inHand keeps nothing.
 type inHand struct {
-	mu  sync.Mutex
-	ids map[string]map[string]struct{} // stream → entry IDs
+	stream string
+	mu     sync.Mutex
+	ids    map[string]struct{}
 }
 
-func newInHand() *inHand { return &inHand{ids: map[string]map[string]struct{}{}} }
+func newInHand(stream string) *inHand {
+	return &inHand{stream: stream, ids: map[string]struct{}{}}
+}
+
+type inHandKey struct{}
+
+// withInHand returns ctx carrying h, for the reads of a subscription.
+func withInHand(ctx context.Context, h *inHand) context.Context {
+	return context.WithValue(ctx, inHandKey{}, h)
+}
+
+// inHandFrom returns the set in ctx, or nil.
+func inHandFrom(ctx context.Context) *inHand {
+	h, _ := ctx.Value(inHandKey{}).(*inHand)
+	return h
+}
 
 func (h *inHand) add(stream string, msgs []redis.XMessage) {
-	if h == nil || len(msgs) == 0 {
+	if h == nil || stream != h.stream || len(msgs) == 0 {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	set := h.ids[stream]
-	if set == nil {
-		set = map[string]struct{}{}
-		h.ids[stream] = set
-	}
 	for _, m := range msgs {
-		set[m.ID] = struct{}{}
+		h.ids[m.ID] = struct{}{}
 	}
 }
 
 func (h *inHand) remove(stream string, ids ...string) {
-	if h == nil {
+	if h == nil || stream != h.stream {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	set := h.ids[stream]
 	for _, id := range ids {
-		delete(set, id)
-	}
-	if len(set) == 0 {
-		delete(h.ids, stream)
+		delete(h.ids, id)
 	}
 }
 
-// list returns the entries in hand on stream.
-func (h *inHand) list(stream string) []string {
+// list returns the entries in hand.
+func (h *inHand) list() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]string, 0, len(h.ids[stream]))
-	for id := range h.ids[stream] {
+	out := make([]string, 0, len(h.ids))
+	for id := range h.ids {
 		out = append(out, id)
 	}
 	return out
 }
 
-// forget drops every entry of stream: its subscription ended, and what
-// stays pending is claimed after MaxIdleTime.
-func (h *inHand) forget(stream string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.ids, stream)
-}
-
 // drop removes the entries of listed that are not in still: Redis no
 // longer has them pending on this consumer (acked, or trimmed away).
-func (h *inHand) drop(stream string, listed, still []string) {
+func (h *inHand) drop(listed, still []string) {
 	keep := make(map[string]struct{}, len(still))
 	for _, id := range still {
 		keep[id] = struct{}{}
@@ -144,5 +144,5 @@ func (h *inHand) drop(stream string, listed, still []string) {
 			gone = append(gone, id)
 		}
 	}
-	h.remove(stream, gone...)
+	h.remove(h.stream, gone...)
 }

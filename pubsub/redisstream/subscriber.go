@@ -37,7 +37,6 @@ type subscriber struct {
 	consumer string
 	claim    claimSettings
 	nonce    string
-	inHand   *inHand
 	inner    *wmredis.Subscriber
 	logger   watermill.LoggerAdapter
 
@@ -58,12 +57,11 @@ func (b *Backend) newSubscriber(params tiered.SubscribeParams) (*subscriber, err
 		consumer: b.consumerPrefix + watermill.NewShortUUID(),
 		claim:    b.config.claim(params.Delay),
 		nonce:    watermill.NewUUID(),
-		inHand:   newInHand(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.logger = b.logger.With(watermill.LogFields{"consumer_group": s.group, "consumer": s.consumer})
 	inner, err := wmredis.NewSubscriber(wmredis.SubscriberConfig{
-		Client:                        streamClient{UniversalClient: b.client, inHand: s.inHand},
+		Client:                        streamClient{UniversalClient: b.client},
 		Unmarshaller:                  unmarshaller{nonce: s.nonce},
 		Consumer:                      s.consumer,
 		ConsumerGroup:                 s.group,
@@ -102,7 +100,9 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	// The inner subscription does not end with ctx: when ctx ends, the
 	// loop first lets the message in flight finish (see forward).
-	innerCtx, innerCancel := context.WithCancel(context.WithoutCancel(ctx))
+	// Its reads note in held what the consumer has in hand.
+	held := newInHand(topic)
+	innerCtx, innerCancel := context.WithCancel(withInHand(context.WithoutCancel(ctx), held))
 	in, err := s.inner.Subscribe(innerCtx, topic)
 	if err != nil {
 		innerCancel()
@@ -119,7 +119,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer innerCancel()
 		defer stopCancel()
 		defer unhook()
-		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop}
+		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop, inHand: held}
 		l.run()
 	}()
 	return out, nil
@@ -159,6 +159,8 @@ type loop struct {
 	in    <-chan *message.Message
 	out   chan<- *message.Message
 	stop  context.Context
+	// inHand is what the subscription's consumer read and has not acked.
+	inHand *inHand
 
 	// lastAcked is the entry whose Ack was last passed on; it is acked
 	// again on the way out, in case the subscription ended before
@@ -181,7 +183,6 @@ func (l *loop) run() {
 	defer func() {
 		stopRefresh()
 		<-refreshed
-		l.s.inHand.forget(l.topic)
 	}()
 	defer l.ackLast()
 	for {
@@ -222,7 +223,7 @@ func (l *loop) refresh(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		ids := l.s.inHand.list(l.topic)
+		ids := l.inHand.list()
 		if len(ids) == 0 {
 			continue
 		}
@@ -245,7 +246,7 @@ func (l *loop) refresh(ctx context.Context) {
 			l.s.logger.Info("Refreshing the claim on the entries in hand works again", watermill.LogFields{"topic": l.topic})
 			failing = false
 		}
-		l.s.inHand.drop(l.topic, ids, still)
+		l.inHand.drop(ids, still)
 	}
 }
 

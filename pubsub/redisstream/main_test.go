@@ -1,0 +1,11 @@
+package redisstream_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/retry-kafka/retry-kafka/internal/redistest"
+)
+
+// TestMain stops the Redis Cluster that the cluster tests share.
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
