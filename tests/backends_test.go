@@ -82,8 +82,7 @@ type Features struct {
 
 // backends returns every backend of the suite. Kafka runs on the brokers of
 // KAFKA_BROKERS or on an embedded kfake broker; Redis on the server
-// internal/redistest finds or starts, and Redis Cluster on the cluster of
-// REDIS_CLUSTER_ADDRS or one that internal/redistest starts.
+// internal/redistest finds or starts.
 func backends() []Backend {
 	return []Backend{
 		{
@@ -152,30 +151,6 @@ func backends() []Backend {
 				},
 			},
 		},
-		{
-			// The same backend on a redis.ClusterClient, on a
-			// 3-master cluster (REDIS_CLUSTER_ADDRS, or one
-			// redistest starts): a handler's streams are on
-			// different masters.
-			Name: "redis-cluster",
-			New:  newRedisCluster,
-			Features: Features{
-				KeepsOrderPerKey:        true, // one stream per tier
-				PersistentAcrossRestart: true,
-				ConsumerGroups:          true,
-				DeliversAfterAck:        true,
-				Watermill: wmtests.Features{
-					ConsumerGroups:      true,
-					ExactlyOnceDelivery: false,
-					// A stream is ordered, but consumers of one group
-					// share it: order holds for one subscriber.
-					GuaranteedOrder:                     true,
-					GuaranteedOrderWithSingleSubscriber: true,
-					Persistent:                          true,
-					NewSubscriberReceivesOldMessages:    false,
-				},
-			},
-		},
 	}
 }
 
@@ -213,21 +188,11 @@ func newKafka(t *testing.T) tiered.Backend {
 func newRedis(t *testing.T) tiered.Backend {
 	client := redis.NewClient(&redis.Options{Addr: redistest.Addr(t)})
 	t.Cleanup(func() { _ = client.Close() })
-	return newRedisOn(t, client)
-}
-
-func newRedisCluster(t *testing.T) tiered.Backend {
-	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redistest.ClusterAddrs(t)})
-	t.Cleanup(func() { _ = client.Close() })
-	return newRedisOn(t, client)
-}
-
-func newRedisOn(t *testing.T, client redis.UniversalClient) tiered.Backend {
 	b, err := redisstream.New(context.Background(), redisstream.Config{
 		Client: client,
 		// Entries left pending by a closed consumer (read ahead, or held
-		// in a tier) come back after this; the default minute is too
-		// long for a test.
+		// in a tier) come back after this plus the tier delay; the
+		// default minute is too long for a test.
 		MaxIdleTime:     2 * time.Second,
 		ClaimInterval:   200 * time.Millisecond,
 		NackResendSleep: 50 * time.Millisecond,

@@ -9,15 +9,6 @@
 //
 // A server may be shared (REDIS_ADDR, port 6379), so tests name their
 // streams with [Name], and delete what matches [Pattern] when they end.
-// [Start] gives a test a server of its own, for tests that change it.
-//
-// [ClusterAddrs] returns a Redis Cluster: REDIS_CLUSTER_ADDRS, else a
-// 3-master cluster (redis-server --cluster-enabled on free ports, joined by
-// redis-cli --cluster create) started once per test binary and stopped by
-// [Main] from the package's TestMain. [StartCluster] starts one for a single
-// test, with replicas if asked, for tests that kill nodes. Starting a
-// cluster needs Redis 7.0 or later (--cluster-port); with an older one, set
-// REDIS_CLUSTER_ADDRS.
 package redistest
 
 import (
@@ -101,86 +92,36 @@ func clean(s string) string {
 	}, s)
 }
 
-// Start runs a redis-server of t's own on a free port, with persistence
-// off and args added to its command line (such as "--maxmemory", "1mb"),
-// and kills it when t and its subtests end. Use it for tests that change the
-// server (CONFIG SET, ACL SETUSER, REPLICAOF), which must not run on a
-// shared one.
-func Start(t testing.TB, args ...string) string {
-	t.Helper()
-	return start(t, args...)
-}
-
 // start runs a redis-server for t on a free port.
-func start(t testing.TB, args ...string) string {
+func start(t testing.TB) string {
 	t.Helper()
-	bin, err := serverBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := startServer(t.TempDir(), bin, false, args...)
-	if err != nil {
-		t.Fatalf("redistest: %v", err)
-	}
-	t.Cleanup(srv.Kill)
-	return srv.Addr
-}
-
-// serverBinary finds redis-server on PATH.
-func serverBinary() (string, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return "", fmt.Errorf("redistest: no Redis server to test against: %s is not set, nothing answers on %s, "+
+		t.Fatalf("redistest: no Redis server to test against: %s is not set, nothing answers on %s, "+
 			"and redis-server is not on PATH. Install it (Debian/Ubuntu: apt-get install -y redis-server; "+
 			"version 6.2 or later) or set %s=host:port", EnvAddr, defaultAddr, EnvAddr)
 	}
-	return bin, nil
-}
-
-// Server is a redis-server process that this package started.
-type Server struct {
-	// Addr is where it listens ("127.0.0.1:port").
-	Addr string
-
-	cmd    *exec.Cmd
-	exited chan error // receives cmd.Wait's result once, then is closed
-	done   chan struct{}
-	once   sync.Once
-	output *lockedWriter
-}
-
-// Kill kills the server at once (SIGKILL, like kill -9) and waits until it
-// is gone. It is safe to call more than once.
-func (s *Server) Kill() {
-	s.once.Do(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	})
-}
-
-// startServer runs a redis-server in dir on a free port, with persistence
-// off and args added; with cluster, as a Redis Cluster node whose bus is
-// on a free port too. It tries three times: a free port can be taken
-// between probe and bind.
-func startServer(dir, bin string, cluster bool, args ...string) (*Server, error) {
 	var lastErr error
-	for range 3 {
-		srv, err := startServerOnce(dir, bin, cluster, args...)
+	for range 3 { // a free port can be taken between probe and bind
+		addr, err := startOnce(t, bin)
 		if err == nil {
-			return srv, nil
+			return addr
 		}
 		lastErr = err
 	}
-	return nil, fmt.Errorf("cannot start %s: %w", bin, lastErr)
+	t.Fatalf("redistest: cannot start %s: %v", bin, lastErr)
+	return ""
 }
 
-func startServerOnce(dir, bin string, cluster bool, args ...string) (*Server, error) {
+func startOnce(t testing.TB, bin string) (string, error) {
 	port, err := freePort()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
+	dir := t.TempDir()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	base := []string{
+	output := &lockedWriter{w: &bytes.Buffer{}}
+	cmd := exec.Command(bin,
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -188,51 +129,36 @@ func startServerOnce(dir, bin string, cluster bool, args ...string) (*Server, er
 		"--dir", dir,
 		"--logfile", "",
 		"--daemonize", "no",
-	}
-	if cluster {
-		bus, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		base = append(base,
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes-"+strconv.Itoa(port)+".conf",
-			"--cluster-port", strconv.Itoa(bus),
-			// Fail over within a few seconds of a master's death.
-			"--cluster-node-timeout", "2000",
-			// Replicas tell their offset soon, so that CLUSTER SLOTS
-			// lists them (it leaves out replicas at offset 0).
-			"--repl-ping-replica-period", "1",
-		)
-	}
-	output := &lockedWriter{w: &bytes.Buffer{}}
-	cmd := exec.Command(bin, append(base, args...)...)
+	)
 	cmd.Dir = dir
 	cmd.Stdout = output
 	cmd.Stderr = output
 	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return "", err
 	}
-	srv := &Server{Addr: addr, cmd: cmd, exited: make(chan error, 1), done: make(chan struct{}), output: output}
-	go func() {
-		srv.exited <- cmd.Wait()
-		close(srv.done)
-	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}
 
 	deadline := time.Now().Add(startTimeout)
 	for {
 		if ping(addr, 200*time.Millisecond) == nil {
-			return srv, nil
+			t.Cleanup(stop)
+			return addr, nil
 		}
 		select {
-		case err := <-srv.exited:
-			return nil, fmt.Errorf("redis-server on port %d exited (%v): %s", port, err, output.String())
+		case err := <-exited:
+			exited <- err
+			return "", fmt.Errorf("redis-server on port %d exited (%v): %s", port, err, output.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			srv.Kill()
-			return nil, fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", port, startTimeout, output.String())
+			stop()
+			return "", fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", port, startTimeout, output.String())
 		}
 	}
 }

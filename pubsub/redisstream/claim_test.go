@@ -52,10 +52,7 @@ func TestClaimIdle_isMaxIdleTimeOnEveryStream(t *testing.T) {
 // those read ahead behind it, which wait as long.
 func TestBackend_heldEntriesStayWithTheirConsumer(t *testing.T) {
 	t.Parallel()
-	testHeldEntriesStayWithTheirConsumer(t, newClient(t))
-}
-
-func testHeldEntriesStayWithTheirConsumer(t *testing.T, client redis.UniversalClient) {
+	client := newClient(t)
 	logger := newLogger(t)
 	config := redisstream.Config{MaxIdleTime: testIdle, ClaimInterval: testInterval}
 	b1 := newBackend(t, client, config, logger)
@@ -182,10 +179,7 @@ func TestBackend_plainConsumerNeverTakesAHeldEntry(t *testing.T) {
 // later, and hands it on at its due time.
 func TestBackend_deadConsumersHeldEntryComesBackAfterMaxIdleTime(t *testing.T) {
 	t.Parallel()
-	testDeadConsumersHeldEntryComesBack(t, newClient(t))
-}
-
-func testDeadConsumersHeldEntryComesBack(t *testing.T, client redis.UniversalClient) {
+	client := newClient(t)
 	logger := newLogger(t)
 	const (
 		idle      = 500 * time.Millisecond

@@ -2,7 +2,6 @@ package redisstream
 
 import (
 	"context"
-	"errors"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -32,7 +31,6 @@ func (streamClient) Close() error { return nil }
 // ID and notes it in hand.
 func (c streamClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *redis.XStreamSliceCmd {
 	cmd := c.UniversalClient.XReadGroup(ctx, a)
-	reloadOnFailover(c.UniversalClient, cmd.Err())
 	for _, xs := range cmd.Val() {
 		tagIDs(xs.Messages)
 		inHandFrom(ctx).add(xs.Stream, xs.Messages)
@@ -44,7 +42,6 @@ func (c streamClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *
 // and notes it in hand.
 func (c streamClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XMessageSliceCmd {
 	cmd := c.UniversalClient.XClaim(ctx, a)
-	reloadOnFailover(c.UniversalClient, cmd.Err())
 	tagIDs(cmd.Val())
 	inHandFrom(ctx).add(a.Stream, cmd.Val())
 	return cmd
@@ -54,49 +51,10 @@ func (c streamClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XM
 // are no longer in hand.
 func (c streamClient) XAck(ctx context.Context, stream, group string, ids ...string) *redis.IntCmd {
 	cmd := c.UniversalClient.XAck(ctx, stream, group, ids...)
-	reloadOnFailover(c.UniversalClient, cmd.Err())
 	if cmd.Err() == nil {
 		inHandFrom(ctx).remove(stream, ids...)
 	}
 	return cmd
-}
-
-// XAdd adds like the wrapped client.
-func (c streamClient) XAdd(ctx context.Context, a *redis.XAddArgs) *redis.StringCmd {
-	cmd := c.UniversalClient.XAdd(ctx, a)
-	reloadOnFailover(c.UniversalClient, cmd.Err())
-	return cmd
-}
-
-// XPendingExt lists like the wrapped client.
-func (c streamClient) XPendingExt(ctx context.Context, a *redis.XPendingExtArgs) *redis.XPendingExtCmd {
-	cmd := c.UniversalClient.XPendingExt(ctx, a)
-	reloadOnFailover(c.UniversalClient, cmd.Err())
-	return cmd
-}
-
-// reloadOnFailover has a cluster client reload its map of which master
-// serves which slot after an error that a failover causes: the old master
-// unreachable (refused, reset, timed out), or CLUSTERDOWN, TRYAGAIN,
-// MASTERDOWN from the others. go-redis reloads the map by itself only on
-// MOVED, ASK and READONLY answers, or every ClusterStateReloadInterval
-// (60s by default): a dead master answers nothing, so without this the
-// client would keep dialing it for up to a minute after its replica took
-// over. The reload is asynchronous, and go-redis runs at most one at a
-// time, 200ms apart. Other clients, and other errors, are left alone.
-func reloadOnFailover(client redis.UniversalClient, err error) {
-	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) || errors.Is(err, redis.ErrClosed) {
-		return
-	}
-	cluster, ok := client.(*redis.ClusterClient)
-	if !ok {
-		return
-	}
-	var reply redis.Error
-	if errors.As(err, &reply) && !redis.IsClusterDownError(err) && !redis.IsTryAgainError(err) && !redis.IsMasterDownError(err) {
-		return
-	}
-	cluster.ReloadState(context.Background())
 }
 
 func tagIDs(msgs []redis.XMessage) {

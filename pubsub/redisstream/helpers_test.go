@@ -42,29 +42,6 @@ func newClient(t *testing.T) *redis.Client {
 	return client
 }
 
-// newClusterClient returns a client of the test's Redis Cluster, closed
-// when the test ends, after it deleted the keys named by the test's
-// redistest.Name calls on every master (the cluster is shared).
-func newClusterClient(t *testing.T) *redis.ClusterClient {
-	t.Helper()
-	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redistest.ClusterAddrs(t)})
-	t.Cleanup(func() { _ = client.Close() })
-	t.Cleanup(func() { deleteTestKeys(t, client) })
-	return client
-}
-
-// deleteTestKeys deletes the keys that match the test's redistest.Pattern
-// on every master of a cluster.
-func deleteTestKeys(t *testing.T, client *redis.ClusterClient) {
-	_ = client.ForEachMaster(context.Background(), func(ctx context.Context, master *redis.Client) error {
-		iter := master.Scan(ctx, 0, redistest.Pattern(t), 100).Iterator()
-		for iter.Next(ctx) {
-			_ = master.Del(ctx, iter.Val()).Err()
-		}
-		return iter.Err()
-	})
-}
-
 // newLogger returns a logger that keeps every entry, printed if the test
 // fails.
 func newLogger(t *testing.T) *captureLogger {

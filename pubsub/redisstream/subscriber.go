@@ -234,7 +234,6 @@ func (l *loop) refresh(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			reloadOnFailover(l.s.b.client, err)
 			if !failing {
 				l.s.logger.Info("Cannot refresh the claim on the entries in hand; if it fails for MaxIdleTime, another consumer may process them again", watermill.LogFields{
 					"topic": l.topic, "entries": len(ids), "err": err.Error(),
