@@ -213,6 +213,12 @@ func consumerPrefix() string {
 // stored every message (XADD), in order; it stops at the first failure.
 // Its Close does nothing: close the backend.
 //
+// An error that publishing the message again cannot mend wraps
+// [tiered.ErrUnpublishable] (WRONGTYPE, NOPERM, too large for the server's
+// proto-max-bulk-len, ...); OOM, LOADING, READONLY, CLUSTERDOWN, MOVED and
+// ASK, authentication and network errors are temporary: they are not about
+// the message, and every message fails alike until they pass.
+//
 // Messages are trimmed with MAXLEN ~ Config.MaxLen, except on the
 // dead-letter topics named to [Backend.Prepare] and for messages that carry
 // Watermill's poison reason (middleware.ReasonForPoisonedKey), which are

@@ -44,8 +44,20 @@
 // that are not UTF-8 are kept), Watermill's poison keys with the reason,
 // [tiered.KeyRedisStream] and [KeyEntryID], under the UUID derived from the
 // stream and entry ID. Without a dead-letter topic it is logged at
-// Error and acked. If the publish fails, it is tried again; the subscription
-// goes on either way.
+// Error and acked. A dead letter too large to publish becomes a stub without
+// the fields (tiered.DeadLetterStub); a publish that fails is tried again
+// after a wait growing from NackResendSleep to 30s, logged at Error once.
+//
+// # Publish errors
+//
+// The publisher wraps with tiered.ErrUnpublishable the errors that
+// publishing the same message again cannot mend: WRONGTYPE, NOPERM, a
+// stream whose IDs are used up, Watermill's reserved UUID key in the
+// metadata, and a message over the server's proto-max-bulk-len or
+// client-query-buffer-limit (which the server answers by dropping the
+// connection: on such an error the message's size is checked against the
+// limits, read with CONFIG GET). All else is temporary: see the doc of
+// [Backend.Publisher].
 //
 // # Trimming
 //

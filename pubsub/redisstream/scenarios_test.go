@@ -90,10 +90,19 @@ func TestBackend_failAlwaysWalksEveryTierThenDLQ(t *testing.T) {
 	_, h := runRouter(t, b, tiered.Policy{Delays: []time.Duration{100 * time.Millisecond, 200 * time.Millisecond}, MaxAttempts: 4}, "billing", topic,
 		func(msg *message.Message) error { rec.record(msg); return errors.New("boom") }, logger)
 
-	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
+	// The producer's metadata claims another origin: it is replaced by
+	// the entry's own.
+	msg := message.NewMessage("m1", []byte("one"))
+	msg.Metadata.Set(tiered.KeyRedisStream, "elsewhere")
+	msg.Metadata.Set(tiered.KeyRedisEntryID, "1-1")
+	require.NoError(t, b.Publisher().Publish(topic, msg))
 	dlq := waitStream(t, client, h.Topics.DLQ, 1)[0]
+	_, ids, err := streamMessages(client, topic)
+	require.NoError(t, err)
 
 	require.Equal(t, []string{topic, h.Topics.Tiers[0], h.Topics.Tiers[1], h.Topics.Tiers[1]}, rec.topics(), "every tier in order; the last repeats")
+	require.Equal(t, topic, dlq.Metadata.Get(tiered.KeyRedisStream), "the dead letter says where the message was first consumed")
+	require.Equal(t, ids[0], dlq.Metadata.Get(tiered.KeyRedisEntryID))
 	require.Equal(t, "m1", dlq.UUID)
 	require.Equal(t, []byte("one"), []byte(dlq.Payload))
 	require.Equal(t, "4", dlq.Metadata.Get(tiered.KeyAttempt))
