@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/retry-kafka/retry-kafka/internal/streamid"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -311,27 +311,12 @@ func (l *loop) forward(msg *message.Message) bool {
 func (l *loop) delivery(id string) *tiered.Delivery {
 	stream := l.topic
 	return &tiered.Delivery{
-		AppendTime: entryTime(id),
+		AppendTime: streamid.Time(id),
 		WriteOrigin: func(md message.Metadata) {
 			md.Set(tiered.KeyRedisStream, stream)
 			md.Set(tiered.KeyRedisEntryID, id)
 		},
 	}
-}
-
-// entryTime returns the time of a stream entry ID ("1700000000000-0": Unix
-// milliseconds, then a sequence number), or the zero time for an ID that is
-// not one.
-func entryTime(id string) time.Time {
-	ms, _, ok := strings.Cut(id, "-")
-	if !ok {
-		return time.Time{}
-	}
-	n, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil || n <= 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(n)
 }
 
 // ackLast acks the entry last acked once more, in Redis directly: the
