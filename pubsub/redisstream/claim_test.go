@@ -129,14 +129,7 @@ func TestBackend_plainConsumerNeverTakesAHeldEntry(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	// Our tier subscription, holding.
-	sub, err := b.Subscriber(tiered.SubscribeParams{Group: group, Topic: tier, Delay: testDelay})
-	require.NoError(t, err)
-	held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: testDelay}, logger)
-	require.NoError(t, err)
-	defer held.Close()
-	ours, err := held.Subscribe(ctx, tier)
-	require.NoError(t, err)
+	ours := holdingSubscription(t, b, tier, testDelay, logger)
 
 	pub, err := tiered.NewPublisher(b.Publisher(), logger)
 	require.NoError(t, err)
@@ -203,13 +196,7 @@ func TestBackend_deadConsumersHeldEntryComesBackAfterMaxIdleTime(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, read[0].Messages, 1)
 
-	sub, err := b.Subscriber(tiered.SubscribeParams{Group: group, Topic: tier, Delay: tierDelay})
-	require.NoError(t, err)
-	held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: tierDelay}, logger)
-	require.NoError(t, err)
-	defer held.Close()
-	ours, err := held.Subscribe(ctx, tier)
-	require.NoError(t, err)
+	ours := holdingSubscription(t, b, tier, tierDelay, logger)
 
 	select {
 	case m := <-ours:
@@ -284,4 +271,19 @@ func TestBackend_slowHandlerKeepsItsEntries(t *testing.T) {
 	releaseAll()
 	require.Eventually(t, func() bool { return rec.count() == 2 && pending(client, topic, topic+".billing") == 0 }, waitFor, tick)
 	require.Equal(t, []string{"m1", "m2"}, []string{rec.all()[0].uuid, rec.all()[1].uuid})
+}
+
+// holdingSubscription subscribes to a tier stream as the router does, in
+// the group named after the stream, through the holding subscriber, until
+// the test ends.
+func holdingSubscription(t *testing.T, b *redisstream.Backend, tier string, delay time.Duration, logger *captureLogger) <-chan *message.Message {
+	t.Helper()
+	sub, err := b.Subscriber(tiered.SubscribeParams{Group: tier, Topic: tier, Delay: delay})
+	require.NoError(t, err)
+	held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: delay}, logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = held.Close() })
+	ch, err := held.Subscribe(context.Background(), tier)
+	require.NoError(t, err)
+	return ch
 }
