@@ -67,7 +67,7 @@ func Params(kind, rawURL, rawQuery string, known []string) (map[string]string, e
 			return nil, Error(kind, rawURL, "unknown parameter %q (known: %s)", name, strings.Join(known, ", "))
 		}
 		if vs := q[name]; len(vs) > 1 {
-			return nil, Error(kind, rawURL, "parameter %q is given %d times", name, len(vs))
+			return nil, Error(kind, rawURL, "parameter %q is given %d times; give it once", name, len(vs))
 		}
 		out[name] = q[name][0]
 	}
