@@ -9,7 +9,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 
-	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -526,7 +525,6 @@ func (r *redrive) redriven(msg *Message) (outgoing, string, error) {
 	redrives, main, handler := msg.Redrives(), msg.OriginalTopic(), msg.Handler()
 	tiered.ClearInfo(md)
 	tiered.ClearOrigin(md)
-	delete(md, redisstream.KeyEntryID)
 	md.Set(tiered.KeyRedriveCount, strconv.Itoa(redrives+1))
 	md.Set(tiered.KeyRedriveTime, strconv.FormatInt(now.UnixMilli(), 10))
 
