@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+
+	"github.com/retry-kafka/retry-kafka/internal/backendurl"
 )
 
 // Config configures a [Backend].
@@ -271,23 +272,23 @@ var urlParams = []string{"group_prefix", "create_topics", "partitions", "replica
 // pubsub/embedded serves.
 func ParseURL(rawURL string) (Config, error) {
 	if !strings.HasPrefix(rawURL, "kafka://") {
-		return Config{}, fmt.Errorf("kafka URL %q must start with kafka://", rawURL)
+		return Config{}, backendurl.Error("kafka", rawURL, "must start with kafka://")
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		var ue *url.Error
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) { // do not echo the URL, password and all
 			err = ue.Err
 		}
-		return Config{}, fmt.Errorf("kafka URL %q cannot be parsed: %w", rawURL, err)
+		return Config{}, backendurl.Error("kafka", rawURL, "cannot be parsed: %v", err)
 	}
 	switch {
 	case u.User != nil:
-		return Config{}, fmt.Errorf("kafka URL %q: a user is not supported in the URL; set Config.Sarama.Net.SASL", redact(u))
+		return Config{}, backendurl.Error("kafka", rawURL, "a user is not supported in the URL; set Config.Sarama.Net.SASL")
 	case u.Path != "" && u.Path != "/":
-		return Config{}, fmt.Errorf("kafka URL %q: unexpected path %q (topics are not part of the URL)", rawURL, u.Path)
+		return Config{}, backendurl.Error("kafka", rawURL, "unexpected path %q (topics are not part of the URL)", u.Path)
 	case u.Fragment != "":
-		return Config{}, fmt.Errorf("kafka URL %q: unexpected fragment %q", rawURL, u.Fragment)
+		return Config{}, backendurl.Error("kafka", rawURL, "unexpected fragment %q", u.Fragment)
 	}
 	var c Config
 	for h := range strings.SplitSeq(u.Host, ",") {
@@ -296,51 +297,37 @@ func ParseURL(rawURL string) (Config, error) {
 		}
 	}
 	if len(c.Brokers) == 0 {
-		return Config{}, fmt.Errorf("kafka URL %q names no broker: use kafka://host:9092", rawURL)
+		return Config{}, backendurl.Error("kafka", rawURL, "names no broker: use kafka://host:9092")
 	}
-	q, err := url.ParseQuery(u.RawQuery)
+	params, err := backendurl.Params("kafka", rawURL, u.RawQuery, urlParams)
 	if err != nil {
-		return Config{}, fmt.Errorf("kafka URL %q: bad query: %w", rawURL, err)
+		return Config{}, err
 	}
-	keys := make([]string, 0, len(q))
-	for k := range q {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		vs := q[k]
-		if !slices.Contains(urlParams, k) {
-			return Config{}, fmt.Errorf("kafka URL %q: unknown parameter %q (known: %s)", rawURL, k, strings.Join(urlParams, ", "))
+	for _, k := range urlParams {
+		v, ok := params[k]
+		if !ok {
+			continue
 		}
-		if len(vs) > 1 {
-			return Config{}, fmt.Errorf("kafka URL %q: parameter %q is given %d times; give it once", rawURL, k, len(vs))
-		}
-		v := vs[0]
 		switch k {
 		case "group_prefix":
 			c.ConsumerGroupPrefix = v
 		case "create_topics":
 			if c.CreateTopics, err = strconv.ParseBool(v); err != nil {
-				return Config{}, fmt.Errorf("kafka URL %q: create_topics=%q is not a boolean", rawURL, v)
+				return Config{}, backendurl.Error("kafka", rawURL, "create_topics=%q is not a boolean", v)
 			}
 		case "partitions":
 			n, err := strconv.ParseInt(v, 10, 32)
 			if err != nil || n < 1 {
-				return Config{}, fmt.Errorf("kafka URL %q: partitions=%q is not a positive integer", rawURL, v)
+				return Config{}, backendurl.Error("kafka", rawURL, "partitions=%q is not a positive integer", v)
 			}
 			c.MainTopicPartitions = int32(n)
 		case "replication_factor":
 			n, err := strconv.ParseInt(v, 10, 16)
 			if err != nil || n < -1 || n == 0 {
-				return Config{}, fmt.Errorf("kafka URL %q: replication_factor=%q is not a positive integer or -1", rawURL, v)
+				return Config{}, backendurl.Error("kafka", rawURL, "replication_factor=%q is not a positive integer or -1", v)
 			}
 			c.ReplicationFactor = int16(n)
 		}
 	}
 	return c, nil
-}
-
-// redact returns u without its password, for error messages.
-func redact(u *url.URL) string {
-	return u.Redacted()
 }

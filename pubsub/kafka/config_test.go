@@ -38,7 +38,7 @@ func TestParseURL_badURLsNameTheProblem(t *testing.T) {
 		{"kafka://h:9092?colour=blue", []string{`unknown parameter "colour"`, "known: group_prefix, create_topics, partitions, replication_factor"}},
 		{"kafka://h:9092?partitions=1&partitions=2", []string{`parameter "partitions" is given 2 times`}},
 		{"kafka://h:9092?group_prefix=a&group_prefix=a", []string{`"group_prefix" is given 2 times`}},
-		{"kafka://h:9092?a=%zz", []string{"bad query"}},
+		{"kafka://h:9092?a=%zz", []string{`invalid escape "%zz"`}},
 		{"kafka://h:9092/orders", []string{`unexpected path "/orders"`}},
 		{"kafka://h:9092#x", []string{`unexpected fragment "x"`}},
 	} {

@@ -25,3 +25,6 @@ const WaitingInFlight = waitingInFlight
 
 // ClientURLParams are the go-redis parameters that Open takes.
 var ClientURLParams = clientURLParams
+
+// ParseURL exposes parseURL to the fuzz test.
+var ParseURL = parseURL
