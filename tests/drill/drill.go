@@ -1,0 +1,774 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/retry-kafka/retry-kafka/pubsub"
+	"github.com/retry-kafka/retry-kafka/tiered"
+)
+
+// config is the drill's command line.
+type config struct {
+	Broker        string
+	KafkaNodes    int
+	KafkaStateDir string
+	Partitions    int
+	Messages      int
+	Kills         int
+	Restarts      int
+	Consumers     int
+	FaultEvery    time.Duration
+	Window        time.Duration
+	BrokerDown    time.Duration
+	Delays        []time.Duration
+	MaxAttempts   int
+	Seed          uint64
+	Params        string
+	DrainTimeout  time.Duration
+	JSON          string
+	WorkDir       string
+	Keep          bool
+}
+
+func (c *config) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Broker, "broker", "", "kafka or redis (required)")
+	fs.IntVar(&c.KafkaNodes, "kafka-nodes", 1, "Kafka nodes (scripts/kafka.sh KAFKA_NODES); 3 runs on a cluster, where a broker restart kills the leader of the main topic's partition 0")
+	fs.StringVar(&c.KafkaStateDir, "kafka-state-dir", "", "KAFKA_STATE_DIR for scripts/kafka.sh (default $KAFKA_STATE_DIR, else /tmp/retry-kafka-drill)")
+	fs.IntVar(&c.Partitions, "partitions", 4, "partitions of the main topic (Kafka)")
+	fs.IntVar(&c.Messages, "messages", 2000, "messages to publish")
+	fs.IntVar(&c.Kills, "kills", 5, "consumer kill -9s")
+	fs.IntVar(&c.Restarts, "broker-restarts", 1, "broker kill -9s, each followed by a restart on the same data and port")
+	fs.IntVar(&c.Consumers, "consumers", 1, "consumer processes; a kill picks one at random")
+	fs.DurationVar(&c.FaultEvery, "fault-every", 10*time.Second, "mean time between faults")
+	fs.DurationVar(&c.Window, "window", 0, "how long messages are published and faults injected (default (kills+restarts+1) x fault-every)")
+	fs.DurationVar(&c.BrokerDown, "broker-down", 3*time.Second, "how long a killed broker stays down")
+	fs.Func("delays", "tier delays (default 2s,5s,10s)", func(s string) error {
+		d, err := parseDelays(s)
+		c.Delays = d
+		return err
+	})
+	fs.IntVar(&c.MaxAttempts, "max-attempts", 4, "Policy.MaxAttempts")
+	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the failure mix and the fault times (default random, printed)")
+	fs.StringVar(&c.Params, "params", "", "extra backend URL parameters, e.g. max_idle_time=10s")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Minute, "how long to wait, after the last fault, for everything to end")
+	fs.StringVar(&c.JSON, "json", "", "also write the result as JSON to this file")
+	fs.StringVar(&c.WorkDir, "work-dir", "", "journals and logs (default a temporary directory, kept when the drill fails)")
+	fs.BoolVar(&c.Keep, "keep", false, "keep the work directory")
+}
+
+func (c *config) setDefaults() {
+	if len(c.Delays) == 0 {
+		c.Delays = []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Second}
+	}
+	if c.Window == 0 {
+		c.Window = time.Duration(c.Kills+c.Restarts+1) * c.FaultEvery
+	}
+	if c.KafkaStateDir == "" {
+		c.KafkaStateDir = os.Getenv("KAFKA_STATE_DIR")
+	}
+	if c.KafkaStateDir == "" {
+		c.KafkaStateDir = "/tmp/retry-kafka-drill"
+	}
+	if c.Seed == 0 {
+		c.Seed = mrand.Uint64()
+	}
+}
+
+func (c config) validate() error {
+	var errs []error
+	if c.Broker != "kafka" && c.Broker != "redis" {
+		errs = append(errs, fmt.Errorf("-broker is %q: want kafka or redis", c.Broker))
+	}
+	if c.Messages < 1 || c.Consumers < 1 || c.KafkaNodes < 1 || c.Partitions < 1 {
+		errs = append(errs, errors.New("-messages, -consumers, -kafka-nodes and -partitions must be positive"))
+	}
+	if c.Kills < 0 || c.Restarts < 0 {
+		errs = append(errs, errors.New("-kills and -broker-restarts must not be negative"))
+	}
+	if c.Window <= 0 || c.FaultEvery <= 0 {
+		errs = append(errs, errors.New("-window and -fault-every must be positive"))
+	}
+	if _, err := url.ParseQuery(c.Params); err != nil {
+		errs = append(errs, fmt.Errorf("-params: %w", err))
+	}
+	if err := (tiered.Policy{Delays: c.Delays, MaxAttempts: c.MaxAttempts}).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// runMain runs a drill and prints its report; it exits 1 when a target is
+// missed (a loss, a wrong dead letter, an early delivery, no drain).
+func runMain(args []string) int {
+	var c config
+	fs := flag.NewFlagSet("drill", flag.ContinueOnError)
+	c.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: go run ./tests/drill -broker kafka|redis [flags]\n\nSee tests/drill/doc.go and RELIABILITY.md.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c.setDefaults()
+	if err := c.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "drill:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	d, err := newDrill(ctx, c)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "drill:", err)
+		return 1
+	}
+	res, err := d.run(ctx)
+	d.close(err == nil && res.ok())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "drill:", err)
+		return 1
+	}
+	if !res.ok() {
+		return 1
+	}
+	return 0
+}
+
+// drill is one run.
+type drill struct {
+	c       config
+	runID   string
+	dir     string
+	journal string
+	logf    func(format string, args ...any)
+	broker  broker
+	url     string
+	backend tiered.Backend
+	inspect tiered.Inspector
+	topics  tiered.Topics
+	policy  tiered.Policy
+	rng     *mrand.Rand
+	started time.Time
+
+	mu          sync.Mutex
+	republished map[string]bool
+	published   int
+	faults      []fault
+	procs       []*consumerProc
+}
+
+func newDrill(ctx context.Context, c config) (*drill, error) {
+	d := &drill{c: c, republished: map[string]bool{}}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	d.runID = time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+	d.rng = mrand.New(mrand.NewPCG(c.Seed, 0x5eed))
+	d.policy = tiered.Policy{Delays: c.Delays, MaxAttempts: c.MaxAttempts}
+	d.logf = func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "drill %s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+	}
+
+	d.dir = c.WorkDir
+	if d.dir == "" {
+		dir, err := os.MkdirTemp("", "retry-kafka-drill-")
+		if err != nil {
+			return nil, err
+		}
+		d.dir = dir
+	}
+	d.journal = filepath.Join(d.dir, "journal")
+	if err := os.MkdirAll(d.journal, 0o755); err != nil {
+		return nil, err
+	}
+
+	params, _ := url.ParseQuery(c.Params)
+	switch c.Broker {
+	case "kafka":
+		script, err := findScript("scripts/kafka.sh")
+		if err != nil {
+			return nil, err
+		}
+		k, err := startKafka(ctx, script, c.KafkaStateDir, c.KafkaNodes, d.logf)
+		if err != nil {
+			return nil, err
+		}
+		d.broker = k
+		setDefault(params, "create_topics", "true")
+		setDefault(params, "partitions", fmt.Sprint(c.Partitions))
+		if c.KafkaNodes > 1 {
+			setDefault(params, "replication_factor", fmt.Sprint(min(c.KafkaNodes, 3)))
+		}
+	case "redis":
+		r, err := startRedis(ctx, filepath.Join(d.dir, "redis"))
+		if err != nil {
+			return nil, err
+		}
+		d.broker = r
+	}
+	d.url = d.broker.URL(params)
+
+	logFile, err := os.Create(filepath.Join(d.dir, "drill.log"))
+	if err != nil {
+		return nil, err
+	}
+	logger := watermill.NewStdLoggerWithOut(logFile, false, false)
+	openCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if d.backend, err = pubsub.Open(openCtx, d.url, logger); err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.url, err)
+	}
+	var ok bool
+	if d.inspect, ok = d.backend.(tiered.Inspector); !ok {
+		return nil, fmt.Errorf("the backend of %s cannot report lag (tiered.Inspector), which the drill needs to know when it drained", d.url)
+	}
+	if d.topics, err = d.policy.Topics("drill."+d.runID, "work", nil); err != nil {
+		return nil, err
+	}
+	if err := d.backend.Prepare(openCtx, d.topics); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	return d, nil
+}
+
+func setDefault(v url.Values, key, value string) {
+	if !v.Has(key) {
+		v.Set(key, value)
+	}
+}
+
+// findScript finds path relative to the module root, walking up from the
+// working directory to go.mod.
+func findScript(path string) (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			p := filepath.Join(dir, path)
+			if _, err := os.Stat(p); err != nil {
+				return "", err
+			}
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory: run the drill from the retry-kafka module")
+		}
+		dir = parent
+	}
+}
+
+func (d *drill) close(success bool) {
+	if d.backend != nil {
+		_ = d.backend.Close()
+	}
+	if d.broker != nil {
+		if err := d.broker.Stop(); err != nil {
+			d.logf("stopping the broker: %v", err)
+		}
+	}
+	if success && !d.c.Keep && d.c.WorkDir == "" {
+		_ = os.RemoveAll(d.dir)
+	} else {
+		d.logf("journals and logs kept in %s", d.dir)
+	}
+}
+
+// run publishes, injects the faults, waits for the drain, reads the
+// dead-letter topic and judges.
+func (d *drill) run(ctx context.Context) (result, error) {
+	c := d.c
+	d.started = time.Now()
+	d.logf("run %s on %s: %d messages, %d consumer kills, %d broker restarts over %v, seed %d, work dir %s",
+		d.runID, d.broker.Describe(), c.Messages, c.Kills, c.Restarts, c.Window, c.Seed, d.dir)
+
+	plans := make(map[string]plan, c.Messages)
+	msgs := make([]*message.Message, 0, c.Messages)
+	for i := range c.Messages {
+		p := mix(d.rng, c.MaxAttempts)
+		payload := make([]byte, 100+d.rng.IntN(400))
+		for j := range payload {
+			payload[j] = byte('a' + d.rng.IntN(26))
+		}
+		msg := message.NewMessage(watermill.NewUUID(), payload)
+		p.write(msg.Metadata)
+		msg.Metadata.Set("drill_seq", fmt.Sprint(i))
+		plans[msg.UUID] = p
+		msgs = append(msgs, msg)
+	}
+	schedule := d.schedule()
+
+	consumersCtx, stopConsumers := context.WithCancel(ctx)
+	defer stopConsumers()
+	var wg sync.WaitGroup
+	for i := range c.Consumers {
+		p := &consumerProc{idx: i, d: d}
+		d.procs = append(d.procs, p)
+		wg.Go(func() { p.supervise(consumersCtx) })
+	}
+
+	// The producer pauses while a single broker is down, so that its own
+	// retries add no duplicates there; on a cluster it keeps going.
+	var gate sync.RWMutex
+	produced := make(chan error, 1)
+	go func() { produced <- d.produce(ctx, msgs, &gate) }()
+	faulted := make(chan error, 1)
+	go func() { faulted <- d.inject(ctx, schedule, &gate) }()
+
+	reader := newJournalReader(d.journal)
+	var handlings []handling
+	succeeded := map[string]bool{}
+	expectOK := 0
+	for _, p := range plans {
+		if p.expect(c.MaxAttempts) == succeeds {
+			expectOK++
+		}
+	}
+	readJournal := func() error {
+		hs, err := reader.read()
+		handlings = append(handlings, hs...)
+		for _, h := range hs {
+			if h.Step == stepOK {
+				if _, known := plans[h.UUID]; known {
+					succeeded[h.UUID] = true
+				}
+			}
+		}
+		return err
+	}
+
+	var producerDone, faultsDone bool
+	var faultsEnd time.Time
+	var drained bool
+	var drainedAt time.Time
+	zeroLags := 0
+	lastProgress := time.Now()
+	for !drained {
+		select {
+		case err := <-produced:
+			if err != nil {
+				return result{}, fmt.Errorf("produce: %w", err)
+			}
+			producerDone = true
+			d.logf("published all %d messages", c.Messages)
+		case err := <-faulted:
+			if err != nil {
+				return result{}, fmt.Errorf("faults: %w", err)
+			}
+			faultsDone, faultsEnd = true, time.Now()
+			d.logf("all faults injected")
+		case <-ctx.Done():
+			return result{}, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		if err := readJournal(); err != nil {
+			return result{}, err
+		}
+		var lag int64 = -1
+		if producerDone && faultsDone && len(succeeded) == expectOK {
+			var err error
+			if lag, err = d.lag(ctx); err != nil {
+				d.logf("lag: %v", err)
+				lag = -1
+			}
+			if lag == 0 {
+				zeroLags++
+			} else {
+				zeroLags = 0
+			}
+			// Three readings in a row, half a second apart:
+			// offsets are committed asynchronously.
+			if zeroLags >= 3 {
+				drained, drainedAt = true, time.Now()
+				break
+			}
+		}
+		if time.Since(lastProgress) >= 10*time.Second {
+			lastProgress = time.Now()
+			d.mu.Lock()
+			published, nfaults := d.published, len(d.faults)
+			d.mu.Unlock()
+			lagText := "-"
+			if lag >= 0 {
+				lagText = fmt.Sprint(lag)
+			}
+			d.logf("published %d/%d, faults %d/%d, handlings %d, succeeded %d/%d, lag %s",
+				published, c.Messages, nfaults, len(schedule), len(handlings), len(succeeded), expectOK, lagText)
+		}
+		if faultsDone && time.Since(faultsEnd) > c.DrainTimeout {
+			d.logf("not drained %v after the last fault", c.DrainTimeout)
+			break
+		}
+	}
+	if drained {
+		d.logf("drained: every message ended, every group caught up")
+	}
+
+	stopConsumers()
+	wg.Wait()
+	if err := readJournal(); err != nil {
+		return result{}, err
+	}
+
+	dead, err := d.readDeadLetters(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	d.mu.Lock()
+	ev := evidence{
+		Plans:       plans,
+		Republished: d.republished,
+		Handlings:   handlings,
+		DeadLetters: dead,
+		Faults:      slices.Clone(d.faults),
+		Delays:      c.Delays,
+		MaxAttempts: c.MaxAttempts,
+		Drained:     drained,
+		DrainedAt:   drainedAt,
+		Torn:        reader.torn(),
+	}
+	d.mu.Unlock()
+	res := analyze(ev)
+	d.report(res)
+	return res, nil
+}
+
+// plannedFault is a fault at an offset from the start.
+type plannedFault struct {
+	kind faultKind
+	at   time.Duration
+}
+
+// schedule draws the fault times: uniform over the window, at least a
+// second apart, broker restarts at random places among the kills.
+func (d *drill) schedule() []plannedFault {
+	n := d.c.Kills + d.c.Restarts
+	var out []plannedFault
+	kinds := make([]faultKind, 0, n)
+	for range d.c.Kills {
+		kinds = append(kinds, consumerKill)
+	}
+	for range d.c.Restarts {
+		kinds = append(kinds, brokerRestart)
+	}
+	d.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	times := make([]time.Duration, n)
+	for i := range times {
+		times[i] = time.Duration(d.rng.Int64N(int64(d.c.Window)))
+	}
+	slices.Sort(times)
+	for i := 1; i < n; i++ {
+		times[i] = max(times[i], times[i-1]+time.Second)
+	}
+	for i, k := range kinds {
+		out = append(out, plannedFault{kind: k, at: times[i]})
+	}
+	return out
+}
+
+// produce publishes msgs evenly over the window. A publish that fails is
+// retried with the same message (same UUID) until it succeeds; those UUIDs
+// are left out of the duplicate counts.
+func (d *drill) produce(ctx context.Context, msgs []*message.Message, gate *sync.RWMutex) error {
+	interval := d.c.Window / time.Duration(len(msgs))
+	pub := d.backend.Publisher()
+	next := time.Now()
+	for _, msg := range msgs {
+		if wait := time.Until(next); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		next = next.Add(interval)
+		for try := 0; ; try++ {
+			gate.RLock()
+			err := pub.Publish(d.topics.Main, msg)
+			gate.RUnlock()
+			if err == nil {
+				break
+			}
+			d.mu.Lock()
+			d.republished[msg.UUID] = true
+			d.mu.Unlock()
+			if try%20 == 0 {
+				d.logf("publish %s failed (try %d), retrying: %v", msg.UUID, try+1, err)
+			}
+			select {
+			case <-time.After(250 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		d.mu.Lock()
+		d.published++
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+// inject runs the schedule.
+func (d *drill) inject(ctx context.Context, schedule []plannedFault, gate *sync.RWMutex) error {
+	start := d.started
+	for _, f := range schedule {
+		select {
+		case <-time.After(time.Until(start.Add(f.at))):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		switch f.kind {
+		case consumerKill:
+			at := time.Now()
+			detail := d.killConsumer()
+			d.record(fault{Kind: consumerKill, At: at, End: at, Detail: detail})
+		case brokerRestart:
+			single := d.c.Broker == "redis" || d.c.KafkaNodes == 1
+			if single {
+				gate.Lock()
+			}
+			at := time.Now()
+			detail, err := d.broker.Crash(ctx, d.topics.Main)
+			if err != nil {
+				if single {
+					gate.Unlock()
+				}
+				return err
+			}
+			d.logf("broker fault: %s; down for %v", detail, d.c.BrokerDown)
+			select {
+			case <-time.After(d.c.BrokerDown):
+			case <-ctx.Done():
+			}
+			t0 := time.Now()
+			err = d.broker.Recover(ctx)
+			if single {
+				gate.Unlock()
+			}
+			if err != nil {
+				return fmt.Errorf("restart the broker: %w", err)
+			}
+			d.record(fault{Kind: brokerRestart, At: at, End: time.Now(), Detail: detail})
+			d.logf("broker back after %v (restart took %v)", time.Since(at).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+		}
+	}
+	return nil
+}
+
+func (d *drill) record(f fault) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.faults = append(d.faults, f)
+}
+
+// killConsumer sends SIGKILL to a consumer process chosen at random among
+// those that run.
+func (d *drill) killConsumer() string {
+	var running []*consumerProc
+	for _, p := range d.procs {
+		if p.pid() != 0 {
+			running = append(running, p)
+		}
+	}
+	if len(running) == 0 {
+		d.logf("kill: no consumer process runs right now")
+		return "no consumer running"
+	}
+	p := running[d.rng.IntN(len(running))]
+	pid := p.kill()
+	d.logf("kill -9 of consumer %d (pid %d)", p.idx, pid)
+	return fmt.Sprintf("kill -9 of consumer %d (pid %d)", p.idx, pid)
+}
+
+// lag sums what the handler's groups have not consumed, on the main topic
+// and on every tier.
+func (d *drill) lag(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var sum int64
+	for _, topic := range append([]string{d.topics.Main}, d.topics.Tiers...) {
+		n, err := d.inspect.Lag(ctx, topic, d.topics.Group(topic))
+		if err != nil {
+			return 0, err
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
+// readDeadLetters reads the whole dead-letter topic with a group of its
+// own, once the consumers have stopped: records per UUID.
+func (d *drill) readDeadLetters(ctx context.Context) (map[string]int, error) {
+	group := "drill-dlq-reader." + d.runID
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	total, err := d.inspect.Lag(ctx, d.topics.DLQ, group)
+	if err != nil {
+		return nil, fmt.Errorf("size of %s: %w", d.topics.DLQ, err)
+	}
+	dead := map[string]int{}
+	if total == 0 {
+		return dead, nil
+	}
+	sub, err := d.backend.Subscriber(tiered.SubscribeParams{Group: group, Topic: d.topics.DLQ})
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Close()
+	ch, err := sub.Subscribe(ctx, d.topics.DLQ)
+	if err != nil {
+		return nil, err
+	}
+	for n := int64(0); n < total; n++ {
+		select {
+		case msg, ok := <-ch:
+			if !ok {
+				return nil, fmt.Errorf("dead-letter subscription closed after %d of %d records", n, total)
+			}
+			dead[msg.UUID]++
+			msg.Ack()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("read %d of %d dead-letter records: %w", n, total, ctx.Err())
+		}
+	}
+	d.logf("read %d dead-letter records", total)
+	return dead, nil
+}
+
+// consumerProc supervises one consumer process: it starts it, and starts it
+// again when it dies (killed by the drill, or failed to start while the
+// broker was down).
+type consumerProc struct {
+	idx int
+	d   *drill
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	killed bool
+}
+
+func (p *consumerProc) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+func (p *consumerProc) kill() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	p.killed = true
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	return p.cmd.Process.Pid
+}
+
+func (p *consumerProc) supervise(ctx context.Context) {
+	d := p.d
+	self, err := os.Executable()
+	if err != nil {
+		d.logf("consumer %d: %v", p.idx, err)
+		return
+	}
+	cc := consumerConfig{URL: d.url, Topic: d.topics.Main, Handler: d.topics.Handler, Policy: d.policy, Dir: d.journal}
+	logPath := filepath.Join(d.dir, fmt.Sprintf("consumer-%d.log", p.idx))
+	for ctx.Err() == nil {
+		out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			d.logf("consumer %d: %v", p.idx, err)
+			return
+		}
+		cmd := exec.Command(self, append([]string{"consume"}, cc.args()...)...)
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			_ = out.Close()
+			d.logf("consumer %d: start: %v", p.idx, err)
+			return
+		}
+		p.mu.Lock()
+		p.cmd, p.killed = cmd, false
+		p.mu.Unlock()
+
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		var werr error
+		select {
+		case werr = <-exited:
+		case <-ctx.Done():
+			// The end: a graceful stop, as a deploy would do it.
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case werr = <-exited:
+			case <-time.After(60 * time.Second):
+				d.logf("consumer %d ignored SIGTERM for 60s, killing it", p.idx)
+				_ = cmd.Process.Kill()
+				werr = <-exited
+			}
+		}
+		_ = out.Close()
+		p.mu.Lock()
+		killed := p.killed
+		p.cmd = nil
+		p.mu.Unlock()
+		if ctx.Err() != nil {
+			if werr != nil {
+				d.logf("consumer %d ended: %v", p.idx, werr)
+			}
+			return
+		}
+		if !killed {
+			// Not our kill: it could not start (broker down) or failed.
+			d.logf("consumer %d exited by itself (%v); see %s; restarting it in 1s", p.idx, werr, logPath)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func parseDelays(s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for _, f := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func formatDelays(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = d.String()
+	}
+	return strings.Join(s, ",")
+}
