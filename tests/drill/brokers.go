@@ -87,38 +87,57 @@ func (k *kafkaBroker) Describe() string {
 }
 
 func (k *kafkaBroker) Crash(ctx context.Context, topic string) (string, error) {
-	node := 1
+	node := int32(1)
 	if k.nodes > 1 {
 		var err error
-		if node, err = k.leader(topic); err != nil {
+		if node, _, err = busiestLeader(strings.Split(k.bootstrap, ","), topic); err != nil {
 			return "", err
 		}
 	}
-	if _, err := k.run(ctx, "kill", strconv.Itoa(node)); err != nil {
+	if _, err := k.run(ctx, "kill", fmt.Sprint(node)); err != nil {
 		return "", err
 	}
-	k.killed = node
+	k.killed = int(node)
 	if k.nodes == 1 {
 		return "kill -9 of the Kafka JVM", nil
 	}
-	return fmt.Sprintf("kill -9 of node %d, leader of %s/0", node, topic), nil
+	return fmt.Sprintf("kill -9 of node %d, leader of most partitions of %s", node, topic), nil
 }
 
-// leader returns the node id (scripts/kafka.sh's node number) leading
-// partition 0 of topic.
-func (k *kafkaBroker) leader(topic string) (int, error) {
+// busiestLeader returns the broker that leads the most partitions of
+// topic (the lowest id on a tie), and its address.
+func busiestLeader(brokers []string, topic string) (int32, string, error) {
 	c := sarama.NewConfig()
 	c.Version = sarama.V3_0_0_0
-	client, err := sarama.NewClient(strings.Split(k.bootstrap, ","), c)
+	client, err := sarama.NewClient(brokers, c)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer client.Close()
-	b, err := client.Leader(topic, 0)
+	partitions, err := client.Partitions(topic)
 	if err != nil {
-		return 0, fmt.Errorf("leader of %s/0: %w", topic, err)
+		return 0, "", fmt.Errorf("partitions of %s: %w", topic, err)
 	}
-	return int(b.ID()), nil
+	led := map[int32]int{}
+	addr := map[int32]string{}
+	for _, p := range partitions {
+		b, err := client.Leader(topic, p)
+		if err != nil {
+			return 0, "", fmt.Errorf("leader of %s/%d: %w", topic, p, err)
+		}
+		led[b.ID()]++
+		addr[b.ID()] = b.Addr()
+	}
+	best := int32(-1)
+	for id, n := range led {
+		if best < 0 || n > led[best] || n == led[best] && id < best {
+			best = id
+		}
+	}
+	if best < 0 {
+		return 0, "", fmt.Errorf("%s has no partitions", topic)
+	}
+	return best, addr[best], nil
 }
 
 func (k *kafkaBroker) Recover(ctx context.Context) error {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net/url"
 	"os"
@@ -79,6 +80,15 @@ func (c *config) setDefaults() {
 	if len(c.Delays) == 0 {
 		c.Delays = []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Second}
 	}
+	if c.FaultEvery == 0 {
+		c.FaultEvery = 10 * time.Second
+	}
+	if c.BrokerDown == 0 {
+		c.BrokerDown = 3 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 10 * time.Minute
+	}
 	if c.Window == 0 {
 		c.Window = time.Duration(c.Kills+c.Restarts+1) * c.FaultEvery
 	}
@@ -136,7 +146,7 @@ func runMain(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d, err := newDrill(ctx, c)
+	d, err := newDrill(ctx, c, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "drill:", err)
 		return 1
@@ -160,6 +170,7 @@ type drill struct {
 	dir     string
 	journal string
 	logf    func(format string, args ...any)
+	out     io.Writer // where the report goes
 	broker  broker
 	url     string
 	backend tiered.Backend
@@ -169,20 +180,31 @@ type drill struct {
 	rng     *mrand.Rand
 	started time.Time
 
+	track *tracker
+	procs []*consumerProc // started by startConsumers, one goroutine
+
 	mu          sync.Mutex
+	plans       map[string]plan // by UUID
 	republished map[string]bool
 	published   int
 	faults      []fault
-	procs       []*consumerProc
 }
 
-func newDrill(ctx context.Context, c config) (*drill, error) {
-	d := &drill{c: c, republished: map[string]bool{}}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	d.runID = time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+// newDrill prepares a run of c on b, or, when b is nil, on the broker
+// that c names, started here.
+func newDrill(ctx context.Context, c config, b broker) (_ *drill, err error) {
+	d := &drill{c: c, plans: map[string]plan{}, republished: map[string]bool{}}
+	defer func() {
+		if err != nil {
+			d.close(false)
+		}
+	}()
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	d.runID = time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(rnd[:])
 	d.rng = mrand.New(mrand.NewPCG(c.Seed, 0x5eed))
 	d.policy = tiered.Policy{Delays: c.Delays, MaxAttempts: c.MaxAttempts}
+	d.out = os.Stdout
 	d.logf = func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "drill %s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 	}
@@ -199,30 +221,33 @@ func newDrill(ctx context.Context, c config) (*drill, error) {
 	if err := os.MkdirAll(d.journal, 0o755); err != nil {
 		return nil, err
 	}
+	d.track = &tracker{d: d, reader: newJournalReader(d.journal), succeeded: map[string]bool{}}
 
 	params, _ := url.ParseQuery(c.Params)
+	d.broker = b
 	switch c.Broker {
 	case "kafka":
-		script, err := findScript("scripts/kafka.sh")
-		if err != nil {
-			return nil, err
+		if d.broker == nil {
+			script, err := findScript("scripts/kafka.sh")
+			if err != nil {
+				return nil, err
+			}
+			if d.broker, err = startKafka(ctx, script, c.KafkaStateDir, c.KafkaNodes, d.logf); err != nil {
+				return nil, err
+			}
 		}
-		k, err := startKafka(ctx, script, c.KafkaStateDir, c.KafkaNodes, d.logf)
-		if err != nil {
-			return nil, err
-		}
-		d.broker = k
 		setDefault(params, "create_topics", "true")
 		setDefault(params, "partitions", fmt.Sprint(c.Partitions))
 		if c.KafkaNodes > 1 {
 			setDefault(params, "replication_factor", fmt.Sprint(min(c.KafkaNodes, 3)))
 		}
 	case "redis":
-		r, err := startRedis(ctx, filepath.Join(d.dir, "redis"))
-		if err != nil {
-			return nil, err
+		if d.broker == nil {
+			var err error
+			if d.broker, err = startRedis(ctx, filepath.Join(d.dir, "redis")); err != nil {
+				return nil, err
+			}
 		}
-		d.broker = r
 	}
 	d.url = d.broker.URL(params)
 
@@ -302,68 +327,23 @@ func (d *drill) run(ctx context.Context) (result, error) {
 	d.logf("run %s on %s: %d messages, %d consumer kills, %d broker restarts over %v, seed %d, work dir %s",
 		d.runID, d.broker.Describe(), c.Messages, c.Kills, c.Restarts, c.Window, c.Seed, d.dir)
 
-	plans := make(map[string]plan, c.Messages)
-	msgs := make([]*message.Message, 0, c.Messages)
-	for i := range c.Messages {
-		p := mix(d.rng, c.MaxAttempts)
-		payload := make([]byte, 100+d.rng.IntN(400))
-		for j := range payload {
-			payload[j] = byte('a' + d.rng.IntN(26))
-		}
-		msg := message.NewMessage(watermill.NewUUID(), payload)
-		p.write(msg.Metadata)
-		msg.Metadata.Set("drill_seq", fmt.Sprint(i))
-		plans[msg.UUID] = p
-		msgs = append(msgs, msg)
-	}
+	msgs := d.messages(c.Messages)
 	schedule := d.schedule()
-
-	consumersCtx, stopConsumers := context.WithCancel(ctx)
+	stopConsumers := d.startConsumers(ctx, c.Consumers, true)
 	defer stopConsumers()
-	var wg sync.WaitGroup
-	for i := range c.Consumers {
-		p := &consumerProc{idx: i, d: d}
-		d.procs = append(d.procs, p)
-		wg.Go(func() { p.supervise(consumersCtx) })
-	}
 
 	// The producer pauses while a single broker is down, so that its own
 	// retries add no duplicates there; on a cluster it keeps going.
 	var gate sync.RWMutex
 	produced := make(chan error, 1)
-	go func() { produced <- d.produce(ctx, msgs, &gate) }()
+	go func() { produced <- d.produce(ctx, msgs, c.Window, &gate) }()
 	faulted := make(chan error, 1)
 	go func() { faulted <- d.inject(ctx, schedule, &gate) }()
 
-	reader := newJournalReader(d.journal)
-	var handlings []handling
-	succeeded := map[string]bool{}
-	expectOK := 0
-	for _, p := range plans {
-		if p.expect(c.MaxAttempts) == succeeds {
-			expectOK++
-		}
-	}
-	readJournal := func() error {
-		hs, err := reader.read()
-		handlings = append(handlings, hs...)
-		for _, h := range hs {
-			if h.Step == stepOK {
-				if _, known := plans[h.UUID]; known {
-					succeeded[h.UUID] = true
-				}
-			}
-		}
-		return err
-	}
-
 	var producerDone, faultsDone bool
 	var faultsEnd time.Time
-	var drained bool
-	var drainedAt time.Time
-	zeroLags := 0
 	lastProgress := time.Now()
-	for !drained {
+	for !producerDone || !faultsDone {
 		select {
 		case err := <-produced:
 			if err != nil {
@@ -381,11 +361,76 @@ func (d *drill) run(ctx context.Context) (result, error) {
 			return result{}, ctx.Err()
 		case <-time.After(500 * time.Millisecond):
 		}
-		if err := readJournal(); err != nil {
+		if err := d.track.poll(); err != nil {
 			return result{}, err
 		}
-		var lag int64 = -1
-		if producerDone && faultsDone && len(succeeded) == expectOK {
+		if time.Since(lastProgress) >= 10*time.Second {
+			lastProgress = time.Now()
+			d.progress(-1)
+		}
+	}
+	drained := d.waitDrained(ctx, faultsEnd.Add(c.DrainTimeout))
+	stopConsumers()
+	return d.finish(ctx, drained)
+}
+
+// messages makes n messages with plans drawn from [mix], and registers
+// their plans.
+func (d *drill) messages(n int) []*message.Message {
+	return d.messagesWith(n, func() plan { return mix(d.rng, d.c.MaxAttempts) })
+}
+
+// messagesWith makes n messages with the plans draw gives, and registers
+// their plans.
+func (d *drill) messagesWith(n int, draw func() plan) []*message.Message {
+	msgs := make([]*message.Message, 0, n)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for range n {
+		p := draw()
+		payload := make([]byte, 100+d.rng.IntN(400))
+		for j := range payload {
+			payload[j] = byte('a' + d.rng.IntN(26))
+		}
+		msg := message.NewMessage(watermill.NewUUID(), payload)
+		p.write(msg.Metadata)
+		d.plans[msg.UUID] = p
+		msgs = append(msgs, msg)
+	}
+	return msgs
+}
+
+// startConsumers starts n consumer processes, each started again when it
+// dies if restart is set. The returned func stops them all gracefully
+// (SIGTERM) and waits; it may be called more than once.
+func (d *drill) startConsumers(ctx context.Context, n int, restart bool) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range n {
+		p := &consumerProc{idx: len(d.procs), d: d, restart: restart}
+		d.procs = append(d.procs, p)
+		wg.Go(func() { p.supervise(ctx) })
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// waitDrained waits, until deadline, for every message that should succeed
+// to have succeeded and every group of the handler to have caught up
+// (three readings in a row, half a second apart: offsets are committed
+// asynchronously). It reports whether that happened.
+func (d *drill) waitDrained(ctx context.Context, deadline time.Time) bool {
+	zeroLags := 0
+	lastProgress := time.Now()
+	for ctx.Err() == nil {
+		if err := d.track.poll(); err != nil {
+			d.logf("journal: %v", err)
+			return false
+		}
+		lag := int64(-1)
+		if d.track.allSucceeded() {
 			var err error
 			if lag, err = d.lag(ctx); err != nil {
 				d.logf("lag: %v", err)
@@ -396,61 +441,107 @@ func (d *drill) run(ctx context.Context) (result, error) {
 			} else {
 				zeroLags = 0
 			}
-			// Three readings in a row, half a second apart:
-			// offsets are committed asynchronously.
 			if zeroLags >= 3 {
-				drained, drainedAt = true, time.Now()
-				break
+				d.track.drainedAt = time.Now()
+				d.logf("drained: every message ended, every group caught up")
+				return true
 			}
 		}
 		if time.Since(lastProgress) >= 10*time.Second {
 			lastProgress = time.Now()
-			d.mu.Lock()
-			published, nfaults := d.published, len(d.faults)
-			d.mu.Unlock()
-			lagText := "-"
-			if lag >= 0 {
-				lagText = fmt.Sprint(lag)
-			}
-			d.logf("published %d/%d, faults %d/%d, handlings %d, succeeded %d/%d, lag %s",
-				published, c.Messages, nfaults, len(schedule), len(handlings), len(succeeded), expectOK, lagText)
+			d.progress(lag)
 		}
-		if faultsDone && time.Since(faultsEnd) > c.DrainTimeout {
-			d.logf("not drained %v after the last fault", c.DrainTimeout)
-			break
+		if time.Now().After(deadline) {
+			d.logf("not drained by %s", deadline.Format("15:04:05"))
+			return false
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
 		}
 	}
-	if drained {
-		d.logf("drained: every message ended, every group caught up")
-	}
+	return false
+}
 
-	stopConsumers()
-	wg.Wait()
-	if err := readJournal(); err != nil {
+func (d *drill) progress(lag int64) {
+	d.mu.Lock()
+	published, nfaults, total := d.published, len(d.faults), len(d.plans)
+	d.mu.Unlock()
+	lagText := "-"
+	if lag >= 0 {
+		lagText = fmt.Sprint(lag)
+	}
+	ok, want := d.track.successes()
+	d.logf("published %d/%d, faults %d, handlings %d, succeeded %d/%d, lag %s",
+		published, total, nfaults, len(d.track.handlings), ok, want, lagText)
+}
+
+// finish reads what is left of the journals and the whole dead-letter
+// topic, once the consumers have stopped, and judges.
+func (d *drill) finish(ctx context.Context, drained bool) (result, error) {
+	if err := d.track.poll(); err != nil {
 		return result{}, err
 	}
-
 	dead, err := d.readDeadLetters(ctx)
 	if err != nil {
 		return result{}, err
 	}
 	d.mu.Lock()
 	ev := evidence{
-		Plans:       plans,
+		Plans:       d.plans,
 		Republished: d.republished,
-		Handlings:   handlings,
+		Handlings:   d.track.handlings,
 		DeadLetters: dead,
 		Faults:      slices.Clone(d.faults),
-		Delays:      c.Delays,
-		MaxAttempts: c.MaxAttempts,
+		Delays:      d.c.Delays,
+		MaxAttempts: d.c.MaxAttempts,
 		Drained:     drained,
-		DrainedAt:   drainedAt,
-		Torn:        reader.torn(),
+		DrainedAt:   d.track.drainedAt,
+		Torn:        d.track.reader.torn(),
 	}
 	d.mu.Unlock()
 	res := analyze(ev)
 	d.report(res)
 	return res, nil
+}
+
+// tracker follows the journals as the consumers write them.
+type tracker struct {
+	d         *drill
+	reader    *journalReader
+	handlings []handling
+	succeeded map[string]bool
+	drainedAt time.Time
+}
+
+func (t *tracker) poll() error {
+	hs, err := t.reader.read()
+	t.handlings = append(t.handlings, hs...)
+	t.d.mu.Lock()
+	defer t.d.mu.Unlock()
+	for _, h := range hs {
+		if _, known := t.d.plans[h.UUID]; known && h.Step == stepOK {
+			t.succeeded[h.UUID] = true
+		}
+	}
+	return err
+}
+
+// successes returns how many messages succeeded, and how many should.
+func (t *tracker) successes() (ok, want int) {
+	t.d.mu.Lock()
+	defer t.d.mu.Unlock()
+	for _, p := range t.d.plans {
+		if p.expect(t.d.c.MaxAttempts) == succeeds {
+			want++
+		}
+	}
+	return len(t.succeeded), want
+}
+
+func (t *tracker) allSucceeded() bool {
+	ok, want := t.successes()
+	return ok == want
 }
 
 // plannedFault is a fault at an offset from the start.
@@ -473,8 +564,10 @@ func (d *drill) schedule() []plannedFault {
 	}
 	d.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	times := make([]time.Duration, n)
+	// Within the middle 80% of the window, so that every fault falls
+	// mid-flow.
 	for i := range times {
-		times[i] = time.Duration(d.rng.Int64N(int64(d.c.Window)))
+		times[i] = d.c.Window/10 + time.Duration(d.rng.Int64N(int64(d.c.Window*8/10)))
 	}
 	slices.Sort(times)
 	for i := 1; i < n; i++ {
@@ -489,8 +582,8 @@ func (d *drill) schedule() []plannedFault {
 // produce publishes msgs evenly over the window. A publish that fails is
 // retried with the same message (same UUID) until it succeeds; those UUIDs
 // are left out of the duplicate counts.
-func (d *drill) produce(ctx context.Context, msgs []*message.Message, gate *sync.RWMutex) error {
-	interval := d.c.Window / time.Duration(len(msgs))
+func (d *drill) produce(ctx context.Context, msgs []*message.Message, window time.Duration, gate *sync.RWMutex) error {
+	interval := window / time.Duration(len(msgs))
 	pub := d.backend.Publisher()
 	next := time.Now()
 	for _, msg := range msgs {
@@ -531,9 +624,17 @@ func (d *drill) produce(ctx context.Context, msgs []*message.Message, gate *sync
 // inject runs the schedule.
 func (d *drill) inject(ctx context.Context, schedule []plannedFault, gate *sync.RWMutex) error {
 	start := d.started
+	var prevEnd time.Time
 	for _, f := range schedule {
+		// A broker restart can outlast the gaps after it: the faults
+		// behind it keep a second apart, so that each kill hits a
+		// consumer process that has started again.
+		next := start.Add(f.at)
+		if earliest := prevEnd.Add(time.Second); next.Before(earliest) {
+			next = earliest
+		}
 		select {
-		case <-time.After(time.Until(start.Add(f.at))):
+		case <-time.After(time.Until(next)):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -542,6 +643,7 @@ func (d *drill) inject(ctx context.Context, schedule []plannedFault, gate *sync.
 			at := time.Now()
 			detail := d.killConsumer()
 			d.record(fault{Kind: consumerKill, At: at, End: at, Detail: detail})
+			prevEnd = at
 		case brokerRestart:
 			single := d.c.Broker == "redis" || d.c.KafkaNodes == 1
 			if single {
@@ -568,7 +670,8 @@ func (d *drill) inject(ctx context.Context, schedule []plannedFault, gate *sync.
 			if err != nil {
 				return fmt.Errorf("restart the broker: %w", err)
 			}
-			d.record(fault{Kind: brokerRestart, At: at, End: time.Now(), Detail: detail})
+			prevEnd = time.Now()
+			d.record(fault{Kind: brokerRestart, At: at, End: prevEnd, Detail: detail})
 			d.logf("broker back after %v (restart took %v)", time.Since(at).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 		}
 	}
@@ -586,7 +689,7 @@ func (d *drill) record(f fault) {
 func (d *drill) killConsumer() string {
 	var running []*consumerProc
 	for _, p := range d.procs {
-		if p.pid() != 0 {
+		if p.running() {
 			running = append(running, p)
 		}
 	}
@@ -659,21 +762,20 @@ func (d *drill) readDeadLetters(ctx context.Context) (map[string]int, error) {
 // again when it dies (killed by the drill, or failed to start while the
 // broker was down).
 type consumerProc struct {
-	idx int
-	d   *drill
+	idx     int
+	d       *drill
+	restart bool // start it again after a kill
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	killed bool
 }
 
-func (p *consumerProc) pid() int {
+// running reports whether the process runs and was not killed yet.
+func (p *consumerProc) running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil || p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
+	return p.cmd != nil && p.cmd.Process != nil && !p.killed
 }
 
 func (p *consumerProc) kill() int {
@@ -739,6 +841,9 @@ func (p *consumerProc) supervise(ctx context.Context) {
 			if werr != nil {
 				d.logf("consumer %d ended: %v", p.idx, werr)
 			}
+			return
+		}
+		if killed && !p.restart {
 			return
 		}
 		if !killed {

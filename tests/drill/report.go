@@ -70,7 +70,7 @@ func (d *drill) report(r result) {
 	}
 	d.mu.Unlock()
 	fmt.Fprintln(&b)
-	fmt.Print(b.String())
+	fmt.Fprint(d.out, b.String())
 
 	if c.JSON != "" {
 		out := struct {
