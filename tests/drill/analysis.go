@@ -62,6 +62,7 @@ type result struct {
 	DupAfterKill     int           `json:"dup_after_kill"`    // duplicates whose first handling preceded a consumer kill
 	DupAfterRestart  int           `json:"dup_after_restart"` // ... a broker restart
 	DupNoFault       int           `json:"dup_no_fault"`      // duplicates with no fault between the first handling and them
+	DupCascaded      int           `json:"dup_cascaded"`      // of those put down to a fault: a second copy handled after a duplicate of the attempt before
 	MaxDupPerKill    int           `json:"max_dup_per_kill"`
 	MaxDupPerRestart int           `json:"max_dup_per_restart"`
 	DrainAfterLast   time.Duration `json:"drain_after_last_fault_ns"`
@@ -189,9 +190,19 @@ func analyze(ev evidence) result {
 	}
 
 	// Duplicates, each put down to the last fault that was under way
-	// between the first handling of its attempt and itself.
+	// between the first handling of its attempt and itself; failing that,
+	// to the fault behind a duplicate of the attempt before (a duplicate
+	// failure publishes a second copy, which is handled again later: a
+	// cascade of that fault).
 	perFault := make([]int, len(ev.Faults))
-	for k, list := range byAttempt {
+	keys := make([]key, 0, len(byAttempt))
+	for k := range byAttempt {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].attempt < keys[j].attempt })
+	cause := map[key]int{} // fault behind a (UUID, attempt)'s duplicates
+	for _, k := range keys {
+		list := byAttempt[k]
 		if ev.Republished[k.uuid] {
 			r.ProducerDups += len(list) - 1
 			continue
@@ -200,9 +211,16 @@ func analyze(ev evidence) result {
 			r.DupHandlings++
 			i := lastFaultBetween(ev.Faults, list[0].End, dup.Start)
 			if i < 0 {
+				if up, ok := cause[key{k.uuid, k.attempt - 1}]; ok {
+					i = up
+					r.DupCascaded++
+				}
+			}
+			if i < 0 {
 				r.DupNoFault++
 				continue
 			}
+			cause[k] = i
 			perFault[i]++
 			switch ev.Faults[i].Kind {
 			case consumerKill:

@@ -201,14 +201,25 @@ func TestAnalyze_putsDuplicatesDownToTheirFault(t *testing.T) {
 		handled("r", 1, 0, stepOK, 0, 0),
 		handled("r", 1, 0, stepOK, 300, 0), // the producer's duplicate
 	}
+	// A failure handled twice across the kill publishes two copies: both
+	// are handled, after the kill, with no fault between them.
+	ev.Plans["f"] = plan{Fail: 1}
+	ev.Handlings = append(ev.Handlings,
+		handled("f", 1, 0, stepFail, 50, 0),
+		handled("f", 1, 0, stepFail, 200, 0),
+		handled("f", 2, 1, stepOK, 8000, 7900),
+		handled("f", 2, 1, stepOK, 8200, 8100),
+	)
 	r := analyze(ev)
 	require.True(t, r.ok(), "%+v", r)
-	require.Equal(t, 4, r.DupHandlings)
-	require.Equal(t, 1, r.DupAfterKill)
+	require.Equal(t, 6, r.DupHandlings)
+	require.Equal(t, 3, r.DupAfterKill)
+	require.Equal(t, 1, r.DupCascaded)
 	require.Equal(t, 2, r.DupAfterRestart)
 	require.Equal(t, 1, r.DupNoFault)
+	require.Equal(t, 3, r.MaxDupPerKill)
 	require.Equal(t, 2, r.MaxDupPerRestart)
-	require.Equal(t, 4, r.DupSuccesses)
+	require.Equal(t, 5, r.DupSuccesses)
 	require.Equal(t, 1, r.ProducerDups)
 	require.Equal(t, 55*time.Second, r.DrainAfterLast, "from the broker's return")
 }
