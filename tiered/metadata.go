@@ -54,6 +54,17 @@ const (
 	// and dead-letter records are written with this key.
 	KeyKafkaKey = "retry_kafka_key"
 
+	// KeyRedriveCount is how many times the message was redriven from a
+	// dead-letter topic back into its handler (by the dlq package or
+	// retryctl). Unlike the retry keys it is not removed by [ClearInfo]:
+	// it stays with the message through its next life, into the
+	// dead-letter topic again, so that a cap on redrives holds across
+	// redrive cycles.
+	KeyRedriveCount = "retry_redrive_count"
+	// KeyRedriveTime is when the message was last redriven. Kept like
+	// [KeyRedriveCount].
+	KeyRedriveTime = "retry_redrive_ms"
+
 	// KeyPayloadDropped is set on a dead-letter stub ([DeadLetterStub]),
 	// which stands in for a copy that could not be published at all: the
 	// size in bytes of the payload that was left out. The origin keys

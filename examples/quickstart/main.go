@@ -8,8 +8,10 @@
 // succeeds from the 2s tier; order 4's card is declined, a permanent error
 // that goes straight to the dead-letter topic; order 5 fails every time and
 // lands in the dead-letter topic after its last tier. Every step is printed
-// with the time it happened; then the dead-letter topic's contents; then the
-// program exits 0.
+// with the time it happened; then the dead-letter topic's contents, read
+// with the dlq package as an operator (or retryctl) would. Then the story
+// ends: the bug is fixed, the dead letters are redriven through the dlq
+// API, both orders are charged, and the program exits 0.
 //
 //	go run ./examples/quickstart                                  # embedded broker
 //	go run ./examples/quickstart -broker kafka://127.0.0.1:9092   # a real cluster
@@ -26,6 +28,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +36,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/retry-kafka/retry-kafka/dlq"
 	"github.com/retry-kafka/retry-kafka/pubsub"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -102,7 +106,9 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 	topic := "quickstart.orders." + watermill.NewShortUUID()[:8]
 	var mu sync.Mutex
 	calls := map[string]int{}
-	done := make(chan string, 16)
+	var fixed atomic.Bool // the bug fix, deployed at the end of the story
+	charged := make(chan string, 16)
+	dead := make(chan string, 16)
 
 	h, err := retrying.AddConsumerHandler(r, "billing", topic, func(msg *message.Message) error {
 		order := string(msg.Payload)
@@ -114,7 +120,11 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 		if tier := msg.Metadata.Get(tiered.KeyTier); tier != "" {
 			where = "tier " + tier
 		}
+		if r := msg.Metadata.Get(tiered.KeyRedriveCount); r != "" {
+			where += ", redriven"
+		}
 		switch {
+		case fixed.Load():
 		case order == "order-4":
 			say("%s  attempt %d (%s): card declined, permanent", order, n, where)
 			return tiered.Permanent(errCardDeclined)
@@ -123,7 +133,7 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 			return errors.New("payment gateway timeout")
 		}
 		say("%s  attempt %d (%s): charged", order, n, where)
-		done <- order
+		charged <- order
 		return nil
 	})
 	if err != nil {
@@ -131,20 +141,15 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 	}
 	say("handler billing: tiers %s, dead letters %s", strings.Join(h.Topics.Tiers, ", "), h.Topics.DLQ)
 
-	// Read the dead-letter topic as an operator would.
-	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: "quickstart-dlq-reader", Topic: h.Topics.DLQ})
+	// Watch the dead-letter topic, to print when a message lands there.
+	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: "quickstart-dlq-watcher", Topic: h.Topics.DLQ})
 	if err != nil {
 		return err
 	}
 	defer dlqSub.Close()
-	var dead []string
-	r.AddConsumerHandler("dlq-reader", h.Topics.DLQ, dlqSub, func(msg *message.Message) error {
+	r.AddConsumerHandler("dlq-watcher", h.Topics.DLQ, dlqSub, func(msg *message.Message) error {
 		say("%s  in the dead-letter topic", msg.Payload)
-		mu.Lock()
-		dead = append(dead, fmt.Sprintf("%s uuid=%s attempts=%s reason=%q",
-			msg.Payload, msg.UUID, msg.Metadata.Get(tiered.KeyAttempt), msg.Metadata.Get(wmiddleware.ReasonForPoisonedKey)))
-		mu.Unlock()
-		done <- string(msg.Payload)
+		dead <- string(msg.Payload)
 		return nil
 	})
 
@@ -164,31 +169,76 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 		}
 	}
 	say("published 5 orders to %s", topic)
+	if err := await(ctx, map[string]bool{"order-1": true, "order-2": true, "order-3": true}, charged,
+		map[string]bool{"order-4": true, "order-5": true}, dead); err != nil {
+		return err
+	}
 
-	finished := map[string]bool{}
+	// The operator's side: the dlq package (what retryctl runs on) reads
+	// the dead-letter topic without consuming it, and redrives it.
+	ops, err := dlq.New(dlq.Config{Backend: backend}, logger)
+	if errors.Is(err, dlq.ErrUnsupportedBackend) {
+		fmt.Printf("\n(%s keeps its messages in this process: the redrive part of the demo needs kafka:// or redis://)\n", brokerURL)
+		return r.Close()
+	}
+	if err != nil {
+		return err
+	}
+	defer ops.Close()
+	var letters []string
+	for msg, err := range ops.Messages(ctx, h.Topics.DLQ, dlq.Filter{}) {
+		if err != nil {
+			return err
+		}
+		letters = append(letters, fmt.Sprintf("%s uuid=%s attempts=%d reason=%q", msg.Payload, msg.UUID, msg.Attempts(), msg.Reason()))
+	}
+	sort.Strings(letters)
+	fmt.Printf("\nDead-letter topic %s holds %d messages:\n", h.Topics.DLQ, len(letters))
+	for _, l := range letters {
+		fmt.Println("  " + l)
+	}
+	fmt.Println()
+
+	say("fixing the bug: the gateway client stops timing out, order-4's customer updates their card")
+	fixed.Store(true)
+	res, err := ops.Redrive(ctx, dlq.RedriveParams{Topic: h.Topics.DLQ})
+	if err != nil {
+		return err
+	}
+	say("redrove %d dead letters to %s (same UUIDs and payloads, retry metadata cleared)", res.Moved, topic)
+	if err := await(ctx, map[string]bool{"order-4": true, "order-5": true}, charged, nil, dead); err != nil {
+		return err
+	}
+	say("every order charged; the dead-letter topic keeps its copies until purged (retryctl dlq purge)")
+	return r.Close()
+}
+
+// await waits until every order of wantCharged was charged and every
+// order of wantDead reached the dead-letter topic, for at most a minute.
+func await(ctx context.Context, wantCharged map[string]bool, charged <-chan string, wantDead map[string]bool, dead <-chan string) error {
 	deadline := time.After(time.Minute)
-	for len(finished) < len(failures) {
+	for len(wantCharged)+len(wantDead) > 0 {
 		select {
-		case order := <-done:
-			finished[order] = true
+		case order := <-charged:
+			delete(wantCharged, order)
+		case order := <-dead:
+			delete(wantDead, order)
 		case <-deadline:
-			return fmt.Errorf("only %d of %d orders finished within a minute", len(finished), len(failures))
+			return fmt.Errorf("orders still waiting after a minute: charged %v, dead-lettered %v", keys(wantCharged), keys(wantDead))
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	if err := r.Close(); err != nil {
-		return err
-	}
-
-	mu.Lock()
-	defer mu.Unlock()
-	sort.Strings(dead)
-	fmt.Printf("\nDead-letter topic %s holds %d messages:\n", h.Topics.DLQ, len(dead))
-	for _, d := range dead {
-		fmt.Println("  " + d)
-	}
 	return nil
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func envOr(key, fallback string) string {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/retry-kafka/retry-kafka/internal/streamid"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -128,7 +128,7 @@ func (b *Backend) undelivered(ctx context.Context, topic string, g redis.XInfoGr
 	if err != nil {
 		return 0, fmt.Errorf("last entry of redis stream %s: %w", topic, err)
 	}
-	if len(last) == 0 || compareIDs(last[0].ID, g.LastDeliveredID) <= 0 {
+	if len(last) == 0 || streamid.Compare(last[0].ID, g.LastDeliveredID) <= 0 {
 		return 0, nil
 	}
 	var n int64
@@ -158,33 +158,6 @@ func (b *Backend) checkOpen() error {
 
 func isNoSuchKey(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such key")
-}
-
-// compareIDs orders two stream entry IDs ("ms-seq"); a malformed ID sorts
-// first.
-func compareIDs(a, b string) int {
-	am, as := splitID(a)
-	bm, bs := splitID(b)
-	if am != bm {
-		if am < bm {
-			return -1
-		}
-		return 1
-	}
-	switch {
-	case as < bs:
-		return -1
-	case as > bs:
-		return 1
-	}
-	return 0
-}
-
-func splitID(id string) (ms, seq uint64) {
-	m, s, _ := strings.Cut(id, "-")
-	ms, _ = strconv.ParseUint(m, 10, 64)
-	seq, _ = strconv.ParseUint(s, 10, 64)
-	return ms, seq
 }
 
 // Config returns the backend's config, with its defaults set, for tools

@@ -42,6 +42,8 @@ var figures = []struct {
 		[]string{"idle-heap-MiB", "d-heap-10k-MiB", "d-heap-100k-MiB", "idle-rss-MiB", "d-rss-10k-MiB", "d-rss-100k-MiB", "d-goroutines-100k", "broker-100k-MiB"}},
 	{"Rebalance", "6. Kafka rebalance: a second consumer joins (seconds until the group is Stable with 2 members)",
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
+	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak live heap of each operation at 10k and 1M dead letters (MiB above the start)",
+		[]string{"msgs", "plain-msg/s", "redrive-msg/s", "redrive-ratio", "list-10k-MiB", "list-1M-MiB", "stats-10k-MiB", "stats-1M-MiB", "export-10k-MiB", "export-1M-MiB", "redrive-10k-MiB", "redrive-1M-MiB"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
 }
@@ -210,6 +212,19 @@ var targets = []target{
 		return format(a - b), verdict(a-b < 8), ok1 && ok2
 	}},
 	{"Rebalance", "tiered-s < 1 (plain-held-s about hold-s)", below("tiered-s", 1)},
+	{"DLQ", "redrive-ratio >= 0.5", atLeast("redrive-ratio", 0.5)},
+	flatDLQ("list"), flatDLQ("stats"), flatDLQ("export"), flatDLQ("redrive"),
+}
+
+// flatDLQ checks that an operation's peak heap at 1M dead letters is
+// within 32 MiB of its peak at 10k: a hundred times the messages (some
+// 400 MiB of them) must not show.
+func flatDLQ(op string) target {
+	return target{"DLQ", "flat: " + op + "-1M - " + op + "-10k < 32 MiB", func(m map[string]float64) (string, string, bool) {
+		a, ok1 := m[op+"-1M-MiB"]
+		b, ok2 := m[op+"-10k-MiB"]
+		return format(a - b), verdict(a-b < 32), ok1 && ok2
+	}}
 }
 
 func printTargets(w io.Writer, results []result) {
