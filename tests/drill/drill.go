@@ -60,7 +60,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Restarts, "broker-restarts", 1, "broker kill -9s, each followed by a restart on the same data and port")
 	fs.IntVar(&c.Consumers, "consumers", 1, "consumer processes; a kill picks one at random")
 	fs.DurationVar(&c.FaultEvery, "fault-every", 10*time.Second, "mean time between faults")
-	fs.DurationVar(&c.Window, "window", 0, "how long messages are published and faults injected (default (kills+restarts+1) x fault-every)")
+	fs.DurationVar(&c.Window, "window", 0, "how long messages are published; faults come at random gaps averaging window/(faults+1), counted from the end of the fault before (default (kills+restarts+1) x fault-every)")
 	fs.DurationVar(&c.BrokerDown, "broker-down", 3*time.Second, "how long a killed broker stays down")
 	fs.Func("delays", "tier delays (default 2s,5s,10s)", func(s string) error {
 		d, err := parseDelays(s)
@@ -171,6 +171,7 @@ type drill struct {
 	journal string
 	logf    func(format string, args ...any)
 	out     io.Writer // where the report goes
+	commit  string    // of the code under test, when the drill started
 	broker  broker
 	url     string
 	backend tiered.Backend
@@ -202,6 +203,7 @@ func newDrill(ctx context.Context, c config, b broker) (_ *drill, err error) {
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	d.runID = time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(rnd[:])
+	d.commit = commit()
 	d.rng = mrand.New(mrand.NewPCG(c.Seed, 0x5eed))
 	d.policy = tiered.Policy{Delays: c.Delays, MaxAttempts: c.MaxAttempts}
 	d.out = os.Stdout
@@ -544,17 +546,20 @@ func (t *tracker) allSucceeded() bool {
 	return ok == want
 }
 
-// plannedFault is a fault at an offset from the start.
+// plannedFault is a fault, gap after the fault before it ended (the
+// first: after the start).
 type plannedFault struct {
 	kind faultKind
-	at   time.Duration
+	gap  time.Duration
 }
 
-// schedule draws the fault times: uniform over the window, at least a
-// second apart, broker restarts at random places among the kills.
+// schedule draws the faults: broker restarts at random places among the
+// kills, each after a random gap (uniform between 0.2 and 1.8 times the
+// window split evenly, at least a second) from the end of the fault
+// before. Gaps count from ends, so that a slow broker restart does not
+// bunch up the faults behind it.
 func (d *drill) schedule() []plannedFault {
 	n := d.c.Kills + d.c.Restarts
-	var out []plannedFault
 	kinds := make([]faultKind, 0, n)
 	for range d.c.Kills {
 		kinds = append(kinds, consumerKill)
@@ -563,18 +568,11 @@ func (d *drill) schedule() []plannedFault {
 		kinds = append(kinds, brokerRestart)
 	}
 	d.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
-	times := make([]time.Duration, n)
-	// Within the middle 80% of the window, so that every fault falls
-	// mid-flow.
-	for i := range times {
-		times[i] = d.c.Window/10 + time.Duration(d.rng.Int64N(int64(d.c.Window*8/10)))
-	}
-	slices.Sort(times)
-	for i := 1; i < n; i++ {
-		times[i] = max(times[i], times[i-1]+time.Second)
-	}
-	for i, k := range kinds {
-		out = append(out, plannedFault{kind: k, at: times[i]})
+	mean := d.c.Window / time.Duration(n+1)
+	out := make([]plannedFault, 0, n)
+	for _, k := range kinds {
+		gap := mean/5 + time.Duration(d.rng.Int64N(int64(mean*8/5)+1))
+		out = append(out, plannedFault{kind: k, gap: max(gap, time.Second)})
 	}
 	return out
 }
@@ -623,18 +621,10 @@ func (d *drill) produce(ctx context.Context, msgs []*message.Message, window tim
 
 // inject runs the schedule.
 func (d *drill) inject(ctx context.Context, schedule []plannedFault, gate *sync.RWMutex) error {
-	start := d.started
-	var prevEnd time.Time
+	prevEnd := d.started
 	for _, f := range schedule {
-		// A broker restart can outlast the gaps after it: the faults
-		// behind it keep a second apart, so that each kill hits a
-		// consumer process that has started again.
-		next := start.Add(f.at)
-		if earliest := prevEnd.Add(time.Second); next.Before(earliest) {
-			next = earliest
-		}
 		select {
-		case <-time.After(time.Until(next)):
+		case <-time.After(time.Until(prevEnd.Add(f.gap))):
 		case <-ctx.Done():
 			return ctx.Err()
 		}

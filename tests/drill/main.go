@@ -25,8 +25,10 @@
 // -kafka-state-dir, reusing one already running there; Redis as its own
 // redis-server with appendonly yes and appendfsync always, on a free port),
 // prepares the handler's topics, publishes the messages evenly over the
-// window, and starts the consumer processes. At random moments of the window
-// it kills a consumer process (kill -9), which is started again at once, or
+// window, and starts the consumer processes. At random moments (gaps that
+// average the window split evenly, counted from the end of the fault
+// before) it kills a consumer process (kill -9), which is started again at
+// once, or
 // kills the broker (kill -9 of the JVM or redis-server; on a Kafka cluster
 // the node leading the main topic's partition 0), leaves it down for
 // -broker-down and starts it again on the same data dir and port. While a

@@ -34,7 +34,7 @@ func (d *drill) report(r result) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "### Drill %s: %s\n\n", d.runID, verdict)
-	fmt.Fprintf(&b, "- date: %s; commit: %s; %s; %s, %d CPUs\n", time.Now().UTC().Format(time.RFC3339), commit(), runtime.Version(), cpuModel(), runtime.NumCPU())
+	fmt.Fprintf(&b, "- date: %s; commit: %s; %s; %s, %d CPUs\n", time.Now().UTC().Format(time.RFC3339), d.commit, runtime.Version(), cpuModel(), runtime.NumCPU())
 	fmt.Fprintf(&b, "- broker: %s\n", d.broker.Describe())
 	fmt.Fprintf(&b, "- %d messages over %v, %d consumer process(es), policy %s x%d attempts, seed %d\n",
 		c.Messages, c.Window, c.Consumers, formatDelays(c.Delays), c.MaxAttempts, c.Seed)
@@ -80,7 +80,7 @@ func (d *drill) report(r result) {
 			Args   []string `json:"args"`
 			Commit string   `json:"commit"`
 			result
-		}{d.runID, d.broker.Describe(), d.reproduce(), commit(), r}
+		}{d.runID, d.broker.Describe(), d.reproduce(), d.commit, r}
 		data, _ := json.MarshalIndent(out, "", "  ")
 		if err := os.WriteFile(c.JSON, append(data, '\n'), 0o644); err != nil {
 			d.logf("write %s: %v", c.JSON, err)
