@@ -35,10 +35,26 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// realCluster returns the brokers of KAFKA_BROKERS if it names three or
+// more.
+func realCluster() (string, bool) {
+	v := strings.TrimSpace(os.Getenv("KAFKA_BROKERS"))
+	return v, len(strings.Split(v, ",")) >= 3
+}
+
+// parallelOnOwnCluster runs t in parallel with the other cluster tests when
+// each has a kfake cluster of its own; on a real cluster they run one after
+// the other, since one's broker kill would disturb the other.
+func parallelOnOwnCluster(t *testing.T) {
+	if _, real := realCluster(); !real {
+		t.Parallel()
+	}
+}
+
 // clusterBroker returns the three-broker Kafka the cluster tests run on.
 func clusterBroker(t *testing.T) broker {
 	t.Helper()
-	if v := strings.TrimSpace(os.Getenv("KAFKA_BROKERS")); len(strings.Split(v, ",")) >= 3 {
+	if v, ok := realCluster(); ok {
 		state := os.Getenv("KAFKA_STATE_DIR")
 		if state == "" {
 			t.Fatalf("KAFKA_BROKERS names a cluster (%s) but KAFKA_STATE_DIR is not set: the test kills and resumes its nodes through scripts/kafka.sh, which needs the cluster's state dir", v)
@@ -122,6 +138,7 @@ func newClusterDrill(t *testing.T, c config) *drill {
 // and comes back later: nothing is lost, dead-lettered wrongly or handled
 // early, and the consumer, never restarted, recovers by itself.
 func TestKafkaCluster_leaderLossMidFlow(t *testing.T) {
+	parallelOnOwnCluster(t)
 	d := newClusterDrill(t, config{
 		Partitions:   6,
 		Messages:     600,
@@ -148,6 +165,7 @@ func TestKafkaCluster_leaderLossMidFlow(t *testing.T) {
 // restarted), the other two take its partitions over, and a message held in
 // a tier while the partitions move is still handled once.
 func TestKafkaCluster_threeRoutersSharePartitions(t *testing.T) {
+	parallelOnOwnCluster(t)
 	// Every message fails once and waits 25s in tier 1: longer than the
 	// rebalance that the kill causes (a session timeout of 10s, then a
 	// join), so that the partitions move while the messages are held.
