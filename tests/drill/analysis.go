@@ -71,6 +71,9 @@ type result struct {
 	LatenessMax      time.Duration `json:"lateness_max_ns"`
 	Torn             int           `json:"torn_records"`
 
+	// DupPerFault is the duplicates put down to each fault, in order.
+	DupPerFault []int `json:"duplicates_per_fault"`
+
 	// Examples of each failure, a few UUIDs, for a human to follow.
 	Examples map[string][]string `json:"examples,omitempty"`
 }
@@ -230,6 +233,7 @@ func analyze(ev evidence) result {
 			}
 		}
 	}
+	r.DupPerFault = perFault
 	for i, n := range perFault {
 		switch ev.Faults[i].Kind {
 		case consumerKill:

@@ -57,7 +57,7 @@ func TestAnalyze_cleanRunCountsNothing(t *testing.T) {
 	require.True(t, r.ok(), "%+v", r)
 	require.Equal(t, result{
 		Messages: 3, ExpectedOK: 2, ExpectedDead: 1, Handlings: 6,
-		LatenessP50: 0, LatenessP99: 0, LatenessMax: 0, Examples: map[string][]string{},
+		DupPerFault: []int{}, Examples: map[string][]string{},
 	}, r)
 }
 
@@ -221,6 +221,7 @@ func TestAnalyze_putsDuplicatesDownToTheirFault(t *testing.T) {
 	require.Equal(t, 2, r.MaxDupPerRestart)
 	require.Equal(t, 5, r.DupSuccesses)
 	require.Equal(t, 1, r.ProducerDups)
+	require.Equal(t, []int{3, 2}, r.DupPerFault)
 	require.Equal(t, 55*time.Second, r.DrainAfterLast, "from the broker's return")
 }
 

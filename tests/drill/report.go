@@ -66,8 +66,12 @@ func (d *drill) report(r result) {
 	}
 	fmt.Fprintln(&b)
 	d.mu.Lock()
-	for _, f := range d.faults {
-		fmt.Fprintf(&b, "\n- +%v %s: %s", f.At.Sub(d.started).Round(100*time.Millisecond), f.Kind, f.Detail)
+	for i, f := range d.faults {
+		dups := 0
+		if i < len(r.DupPerFault) {
+			dups = r.DupPerFault[i]
+		}
+		fmt.Fprintf(&b, "\n- +%v %s: %s; %d duplicates", f.At.Sub(d.started).Round(100*time.Millisecond), f.Kind, f.Detail, dups)
 	}
 	d.mu.Unlock()
 	fmt.Fprintln(&b)
