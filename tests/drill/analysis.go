@@ -192,7 +192,7 @@ func analyze(ev evidence) result {
 		r.LatenessMax = lateness[len(lateness)-1]
 	}
 
-	// Duplicates, each put down to the last fault that was under way
+	// Duplicates, each put down to the first fault that was under way
 	// between the first handling of its attempt and itself; failing that,
 	// to the fault behind a duplicate of the attempt before (a duplicate
 	// failure publishes a second copy, which is handled again later: a
@@ -212,7 +212,7 @@ func analyze(ev evidence) result {
 		}
 		for _, dup := range list[1:] {
 			r.DupHandlings++
-			i := lastFaultBetween(ev.Faults, list[0].End, dup.Start)
+			i := faultBehind(ev.Faults, list[0].End, dup.Start)
 			if i < 0 {
 				if up, ok := cause[key{k.uuid, k.attempt - 1}]; ok {
 					i = up
@@ -282,13 +282,16 @@ func analyze(ev evidence) result {
 	return r
 }
 
-// lastFaultBetween returns the index of the last fault under way at some
-// time in (from, to): killed before to, back after from. A message handled
-// while the broker was down (from a consumer's buffer) and handled again
-// once it was back is put down to that restart. -1 if none.
-func lastFaultBetween(faults []fault, from, to time.Time) int {
-	for i := len(faults) - 1; i >= 0; i-- {
-		f := faults[i]
+// faultBehind returns the index of the first fault under way at some time
+// in (from, to): killed before to, back after from. That fault is what a
+// duplicate handled at to, of a handling that ended at from, is put down
+// to: the handling's offset or ack had not reached the broker when it hit
+// (had it, there would be no duplicate), and the faults after it only
+// delayed the replay. A message handled while the broker was down (from a
+// consumer's buffer) and handled again once it was back is the restart's.
+// -1 if none.
+func faultBehind(faults []fault, from, to time.Time) int {
+	for i, f := range faults {
 		end := f.End
 		if end.Before(f.At) {
 			end = f.At

@@ -180,7 +180,7 @@ func TestAnalyze_notEarlyWithinTheBrokersMillisecond(t *testing.T) {
 
 func TestAnalyze_putsDuplicatesDownToTheirFault(t *testing.T) {
 	ev := baseEvidence()
-	for _, id := range []string{"a", "b", "c", "r"} {
+	for _, id := range []string{"a", "b", "c", "g", "r"} {
 		ev.Plans[id] = plan{}
 	}
 	ev.Republished["r"] = true
@@ -198,6 +198,8 @@ func TestAnalyze_putsDuplicatesDownToTheirFault(t *testing.T) {
 		handled("b", 1, 0, stepOK, 7000, 0), // again after the restart
 		handled("c", 1, 0, stepOK, 6000, 0),
 		handled("c", 1, 0, stepOK, 7000, 0), // no fault between
+		handled("g", 1, 0, stepOK, 60, 0),
+		handled("g", 1, 0, stepOK, 6000, 0), // the kill, then the restart: the kill's
 		handled("r", 1, 0, stepOK, 0, 0),
 		handled("r", 1, 0, stepOK, 300, 0), // the producer's duplicate
 	}
@@ -212,16 +214,16 @@ func TestAnalyze_putsDuplicatesDownToTheirFault(t *testing.T) {
 	)
 	r := analyze(ev)
 	require.True(t, r.ok(), "%+v", r)
-	require.Equal(t, 6, r.DupHandlings)
-	require.Equal(t, 3, r.DupAfterKill)
+	require.Equal(t, 7, r.DupHandlings)
+	require.Equal(t, 4, r.DupAfterKill)
 	require.Equal(t, 1, r.DupCascaded)
 	require.Equal(t, 2, r.DupAfterRestart)
 	require.Equal(t, 1, r.DupNoFault)
-	require.Equal(t, 3, r.MaxDupPerKill)
+	require.Equal(t, 4, r.MaxDupPerKill)
 	require.Equal(t, 2, r.MaxDupPerRestart)
-	require.Equal(t, 5, r.DupSuccesses)
+	require.Equal(t, 6, r.DupSuccesses)
 	require.Equal(t, 1, r.ProducerDups)
-	require.Equal(t, []int{3, 2}, r.DupPerFault)
+	require.Equal(t, []int{4, 2}, r.DupPerFault)
 	require.Equal(t, 55*time.Second, r.DrainAfterLast, "from the broker's return")
 }
 

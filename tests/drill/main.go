@@ -55,8 +55,10 @@
 // within -drain-timeout.
 //
 // Counted: duplicate handlings (a handling of a message's attempt after its
-// first), each put down to the last fault between the first handling and
-// it, so per consumer kill and per broker restart; duplicate successes;
+// first), each put down to the first fault under way between the first
+// handling and it (the one that kept its offset or ack from the broker),
+// or to the fault behind a duplicate of the attempt before (a second
+// copy), so per consumer kill and per broker restart; duplicate successes;
 // duplicate dead-letter records; time to drain after the last fault; tier
 // lateness. The report is Markdown, as RELIABILITY.md records it, with the
 // command that reproduces the run (same seed).
