@@ -17,7 +17,8 @@
 #   KAFKA_STATE_DIR  scripts/kafka.sh state dir of the drill's broker (default
 #                    /tmp/retry-kafka-drill; cluster: /tmp/retry-kafka-drill-cluster).
 #                    A broker already running there is reused and left running.
-#   DRILL_OUT        directory for the per-run output and JSON (default: temporary)
+#   DRILL_OUT        directory for each run's report, JSON, journals and logs
+#                    (default: temporary; kept)
 # Extra arguments go to every run (e.g. -seed 42, -params max_idle_time=10s).
 #
 # Exit status 1 if any run lost a message, dead-lettered one wrongly,
@@ -61,7 +62,7 @@ chain() {
   while read -r args; do
     i=$((i + 1))
     # shellcheck disable=SC2086
-    "$bin" $args -kafka-state-dir "$state" -json "$out/$broker-$i.json" "${extra[@]}" \
+    "$bin" $args -kafka-state-dir "$state" -json "$out/$broker-$i.json" -work-dir "$out/$broker-$i" "${extra[@]}" \
       >"$out/$broker-$i.md" 2>"$out/$broker-$i.log" || status=1
   done < <(runs_for "$broker")
   return $status
