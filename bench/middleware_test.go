@@ -7,6 +7,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/retry-kafka/retry-kafka/middleware"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -26,17 +30,24 @@ func (nopPublisher) Close() error                              { return nil }
 // carries the topic as Watermill's router sets it. It explains the
 // happy-path ratios without the brokers' noise.
 func BenchmarkMiddleware(b *testing.B) {
-	retry, err := middleware.NewRetry(middleware.Config{
-		Publisher: nopPublisher{},
-		Policy:    tiered.Policy{Delays: []time.Duration{10 * time.Second, time.Minute}},
-		Topic:     "orders",
-		Handler:   "billing",
-	}, nil)
-	if err != nil {
-		b.Fatal(err)
+	newRetry := func(reg prometheus.Registerer, tp trace.TracerProvider) *middleware.Retry {
+		retry, err := middleware.NewRetry(middleware.Config{
+			Publisher:      nopPublisher{},
+			Policy:         tiered.Policy{Delays: []time.Duration{10 * time.Second, time.Minute}},
+			Topic:          "orders",
+			Handler:        "billing",
+			Registerer:     reg,
+			TracerProvider: tp,
+		}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return retry
 	}
 	h := func(*message.Message) ([]*message.Message, error) { return nil, nil }
-	wrapped := retry.Middleware(h)
+	wrapped := newRetry(nil, nil).Middleware(h)
+	withMetrics := newRetry(prometheus.NewRegistry(), nil).Middleware(h)
+	traced := newRetry(prometheus.NewRegistry(), newTracing(b)).Middleware(h)
 	msg := message.NewMessage(watermill.NewUUID(), make([]byte, payloadSize))
 	// The router puts five values in the message context; the middleware
 	// looks the topic up there to tell the main topic from tiers. The key
@@ -68,4 +79,32 @@ func BenchmarkMiddleware(b *testing.B) {
 	b.Run("retry", func(b *testing.B) {
 		perCall(b, func() { _, _ = wrapped(msg) })
 	})
+	b.Run("retry+metrics", func(b *testing.B) {
+		perCall(b, func() { _, _ = withMetrics(msg) })
+	})
+	// With tracing on, a message in a trace its producer did not sample
+	// costs no span on the happy path; one in a sampled trace costs the
+	// SDK's span. (The call sets the message's context to the span's;
+	// the original is put back, as each delivery brings a fresh one.)
+	unsampled := message.NewMessage(watermill.NewUUID(), make([]byte, payloadSize))
+	unsampled.SetContext(ctx)
+	unsampled.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+	sampled := message.NewMessage(watermill.NewUUID(), make([]byte, payloadSize))
+	sampled.SetContext(ctx)
+	sampled.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	b.Run("retry+metrics+traced-unsampled", func(b *testing.B) {
+		perCall(b, func() { _, _ = traced(unsampled) })
+	})
+	b.Run("retry+metrics+traced-sampled", func(b *testing.B) {
+		perCall(b, func() { _, _ = traced(sampled); sampled.SetContext(ctx) })
+	})
+}
+
+// newTracing returns the OpenTelemetry SDK's tracer provider as an
+// application would run it: parent-based sampling, spans batched to an
+// exporter (here one that drops them).
+func newTracing(b *testing.B) trace.TracerProvider {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return tp
 }

@@ -283,10 +283,15 @@ func startPlain(b *testing.B, rg *rig, name, topic string, h message.NoPublishHa
 }
 
 // startTiered runs h with tiered retries: router.New + AddConsumerHandler.
-func startTiered(b *testing.B, rg *rig, name, topic string, policy tiered.Policy, h message.NoPublishHandlerFunc) *app {
+// configure, when given, changes the router config.
+func startTiered(b *testing.B, rg *rig, name, topic string, policy tiered.Policy, h message.NoPublishHandlerFunc, configure ...func(*router.Config)) *app {
 	b.Helper()
 	r := newRouter(b)
-	retrying, err := router.New(router.Config{Backend: rg.backend, Policy: policy}, nil)
+	config := router.Config{Backend: rg.backend, Policy: policy}
+	for _, c := range configure {
+		c(&config)
+	}
+	retrying, err := router.New(config, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

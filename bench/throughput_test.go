@@ -60,8 +60,11 @@ func (s *series) String() string {
 }
 
 // interleave runs each configuration rounds times, rotating the order.
-func interleave(configs ...func()) {
-	for i := range rounds {
+func interleave(configs ...func()) { interleaveN(rounds, configs...) }
+
+// interleaveN runs each configuration n times, rotating the order.
+func interleaveN(n int, configs ...func()) {
+	for i := range n {
 		for j := range configs {
 			configs[(i+j)%len(configs)]()
 		}

@@ -10,4 +10,10 @@
 // in any order. A panic in the handler counts as a failure like any other.
 // Most applications use the router package, which adds it together with the
 // tier subscriptions.
+//
+// With a Registerer in its [Config] it counts what happens to messages
+// (copies per tier, dead letters by reason, successes per tier, publish
+// failures, lateness); with a TracerProvider it traces every attempt and
+// copy, the W3C trace context travelling in the metadata from hop to hop.
+// The README's "Metrics and tracing" lists the names.
 package middleware

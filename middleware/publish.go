@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/retry-kafka/retry-kafka/internal/instrument"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -32,22 +33,24 @@ const (
 	stuckMax   = 30 * time.Second
 )
 
-// publish publishes out, the copy of msg for its next hop, to topic. A
-// temporary failure is retried as a publish while the subscriber keeps msg
-// (never by running the handler again); a copy that can never be published
-// is replaced by a dead-letter stub. It returns an error, for the router to
-// Nack msg, only when the subscriber gave msg up or nothing could be
-// published.
-func (r *Retry) publish(msg *message.Message, delivered context.Context, from *hop, topic string, out *message.Message) error {
-	err := r.publishRetrying(msg, delivered, topic, out)
+// publish publishes out, the copy of msg for its next hop, to the topic of
+// to. A temporary failure is retried as a publish while the subscriber
+// keeps msg (never by running the handler again); a copy that can never be
+// published is replaced by a dead-letter stub, and stubbed is true. It
+// returns an error, for the router to Nack msg, only when the subscriber
+// gave msg up or nothing could be published. attempt is the attempts that
+// failed so far, for the spans.
+func (r *Retry) publish(msg *message.Message, delivered context.Context, from *hop, to *target, out *message.Message, attempt int) (stubbed bool, err error) {
+	err = r.send(msg, delivered, to, out, attempt)
 	if err == nil {
 		r.stuck.forget(msg.UUID)
-		return nil
+		return false, nil
 	}
 	if !errors.Is(err, tiered.ErrUnpublishable) {
-		return err
+		return false, err
 	}
 
+	topic := to.topic
 	reason := fmt.Sprintf("the copy for %s cannot be published: %v", topic, err)
 	r.logger.Info("Copy cannot be published, dead-lettering a stub instead", watermill.LogFields{
 		"topic": topic, "message_uuid": msg.UUID, "dlq": r.topics.DLQ, "err": err.Error(),
@@ -56,13 +59,13 @@ func (r *Retry) publish(msg *message.Message, delivered context.Context, from *h
 	if topic != r.topics.DLQ {
 		r.poison(stub, delivered, from, stub.Metadata.Get(tiered.KeyLastError))
 	}
-	stubErr := r.publishRetrying(msg, delivered, r.topics.DLQ, stub)
+	stubErr := r.send(msg, delivered, r.dlq, stub, attempt)
 	if stubErr == nil {
 		r.stuck.forget(msg.UUID)
-		return nil
+		return true, nil
 	}
 	if !errors.Is(stubErr, tiered.ErrUnpublishable) {
-		return stubErr
+		return false, stubErr
 	}
 
 	// Nothing this message makes can be published (the dead-letter topic
@@ -77,34 +80,59 @@ func (r *Retry) publish(msg *message.Message, delivered context.Context, from *h
 		r.logger.Debug("Still cannot publish a failed message's copy or stub", fields)
 	}
 	sleep(delivered, msg, wait)
-	return failure
+	return false, failure
 }
 
-// publishRetrying publishes out to topic, retrying temporary failures with
-// a back-off until the publish succeeds, fails for good
-// ([tiered.ErrUnpublishable]) or the subscriber gives msg up.
-func (r *Retry) publishRetrying(msg *message.Message, delivered context.Context, topic string, out *message.Message) error {
+// send publishes out to the topic of to (see publishRetrying), in a send
+// span when tracing is on: the span's trace context goes into out's
+// metadata, so that the next hop belongs to the trace.
+func (r *Retry) send(msg *message.Message, delivered context.Context, to *target, out *message.Message, attempt int) error {
+	if to.send == nil {
+		_, err := r.publishRetrying(msg, delivered, to, out)
+		return err
+	}
+	span := to.send.StartSend(out, attempt, to.tier)
+	defer span.End()
+	tries, err := r.publishRetrying(msg, delivered, to, out)
+	if span.IsRecording() {
+		span.SetAttributes(instrument.AttrPublishTries.Int(tries))
+	}
+	if err != nil {
+		instrument.Fail(span, err)
+	}
+	return err
+}
+
+// publishRetrying publishes out to the topic of to, retrying temporary
+// failures with a back-off until the publish succeeds, fails for good
+// ([tiered.ErrUnpublishable]) or the subscriber gives msg up. It returns
+// the tries made.
+func (r *Retry) publishRetrying(msg *message.Message, delivered context.Context, to *target, out *message.Message) (int, error) {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = publishRetryFirst
 	b.MaxInterval = publishRetryMax
 	b.MaxElapsedTime = 0
 	b.Reset()
 	start := time.Now()
+	topic := to.topic
 	for tries := 1; ; tries++ {
 		err := r.pub.Publish(topic, out)
 		if err == nil {
-			return nil
+			return tries, nil
+		}
+		if to.failures != nil {
+			to.failures.Inc()
 		}
 		err = fmt.Errorf("publish to %s: %w", topic, err)
 		if errors.Is(err, tiered.ErrUnpublishable) {
-			return err
+			return tries, err
 		}
 		acked := isAcked(msg)
 		if acked && time.Since(start) > earlyAckBudget {
 			r.logger.Error("Giving up the copy of a message that was acked before its handler ended: it is lost", err, watermill.LogFields{
 				"topic": topic, "message_uuid": msg.UUID, "tries": tries,
 			})
-			return err
+			return tries, err
 		}
 		wait := b.NextBackOff()
 		fields := watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "tries": tries, "retry_in": wait.String(), "err": err.Error()}
@@ -114,7 +142,7 @@ func (r *Retry) publishRetrying(msg *message.Message, delivered context.Context,
 			r.logger.Debug("Still cannot publish a failed message's copy", fields)
 		}
 		if !sleep(delivered, msg, wait) {
-			return fmt.Errorf("the subscriber gave the message up while its copy could not be published: %w", err)
+			return tries, fmt.Errorf("the subscriber gave the message up while its copy could not be published: %w", err)
 		}
 	}
 }

@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/retry-kafka/retry-kafka/internal/instrument"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -46,6 +51,42 @@ type Config struct {
 	//
 	// Optional. Defaults to [tiered.DefaultTopicName].
 	TopicName tiered.TopicNamer
+
+	// Registerer, when set, gets the handler's retry metrics, labelled
+	// handler_name=Handler (see the README, "Metrics and tracing"):
+	// retry_kafka_tier_messages_total, retry_kafka_dead_letters_total,
+	// retry_kafka_successes_total, retry_kafka_publish_failures_total and
+	// the histogram retry_kafka_lateness_seconds. Retriers given the same
+	// registry share the metrics (their counts add up), and none of the
+	// names clashes with Watermill's components/metrics on that registry.
+	// The holding subscribers report the messages they hold when given the
+	// same registry ([tiered.SubscriberConfig]).
+	//
+	// Optional. Defaults to none: nothing is registered, here or in the
+	// global registry.
+	Registerer prometheus.Registerer
+
+	// TracerProvider, when set, traces the attempts: a span per attempt
+	// ("process {topic}", a child of the span in the message's context or
+	// of the trace context in its metadata; on a tier, linked to the span
+	// of the first delivery) and a span per copy published ("send
+	// {topic}"), whose W3C trace context (traceparent, tracestate) the
+	// copy carries, so that its tier attempt and dead letter belong to the
+	// same trace. The first attempt's span starts before the handler runs
+	// when the message's trace is sampled; otherwise only if the handler
+	// fails, back-dated to when it began, so that the happy path of an
+	// unrecorded trace costs no span (see the README, "Metrics and tracing").
+	//
+	// Optional. Defaults to none: no spans; the trace context a message
+	// carries is copied to every hop as it is.
+	TracerProvider trace.TracerProvider
+
+	// MessagingSystem is the messaging.system attribute of the spans, as
+	// OpenTelemetry's semantic conventions spell it: "kafka", "redis".
+	//
+	// Optional. Defaults to none (the attribute is left out). The router
+	// sets it from the backend ([tiered.MessagingSystem]).
+	MessagingSystem string
 }
 
 // Validate reports every problem with the config without changing it.
@@ -62,6 +103,9 @@ func (c Config) Validate() error {
 	}
 	if c.Topic == "" {
 		errs = append(errs, errors.New("Topic is empty"))
+	}
+	if c.Registerer != nil && !utf8.ValidString(c.Handler) {
+		errs = append(errs, fmt.Errorf("Handler %q is not valid UTF-8, which metric labels must be", c.Handler))
 	}
 	if len(errs) == 0 {
 		if _, err := c.Policy.Topics(c.Topic, c.Handler, c.TopicName); err != nil {
@@ -83,6 +127,52 @@ type Retry struct {
 	pub    *tiered.Publisher
 	logger watermill.LoggerAdapter
 	stuck  *stuckCopies
+
+	metrics *instrument.Metrics // nil without a Registerer
+	tracer  *instrument.Tracer  // nil without a TracerProvider
+	// tiers and dlq are where copies go, one per tier and the dead-letter
+	// topic, with their instruments resolved once.
+	tiers []*target
+	dlq   *target
+	// dead counts dead letters by reason class; nil without metrics.
+	dead [numReasons]prometheus.Counter
+	// main is the hop of the handler's own topic.
+	main *hop
+}
+
+// target is a topic that copies are published to: a tier (1 and up) or
+// the dead-letter topic (tier 0).
+type target struct {
+	topic string
+	tier  int
+	// sent counts the copies published to a tier; failures the failed
+	// tries; send makes their spans. Each is nil when off.
+	sent     prometheus.Counter
+	failures prometheus.Counter
+	send     *instrument.Span
+}
+
+// deadReason is a dead-letter reason class, the index of its counter.
+type deadReason int
+
+const (
+	reasonExhausted deadReason = iota
+	reasonPermanent
+	reasonClassified
+	reasonInvalidMetadata
+	reasonUndecodable
+	reasonUnpublishable
+	numReasons
+)
+
+// deadReasonLabels are the reason label values, by deadReason.
+var deadReasonLabels = [numReasons]string{
+	reasonExhausted:       instrument.ReasonExhausted,
+	reasonPermanent:       instrument.ReasonPermanent,
+	reasonClassified:      instrument.ReasonClassified,
+	reasonInvalidMetadata: instrument.ReasonInvalidMetadata,
+	reasonUndecodable:     instrument.ReasonUndecodable,
+	reasonUnpublishable:   instrument.ReasonUnpublishable,
 }
 
 // NewRetry checks config and builds the middleware.
@@ -101,13 +191,78 @@ func NewRetry(config Config, logger watermill.LoggerAdapter) (*Retry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	return &Retry{
+	r := &Retry{
 		policy: config.Policy.WithDefaults(),
 		topics: topics,
 		pub:    pub,
 		logger: logger,
 		stuck:  newStuckCopies(),
-	}, nil
+	}
+	if config.Registerer != nil {
+		if r.metrics, err = instrument.Register(config.Registerer); err != nil {
+			return nil, fmt.Errorf("invalid config: %w", err)
+		}
+		for i, label := range deadReasonLabels {
+			r.dead[i] = r.metrics.DeadLetters.WithLabelValues(topics.Handler, label)
+		}
+	}
+	if config.TracerProvider != nil {
+		r.tracer = instrument.NewTracer(config.TracerProvider, config.MessagingSystem, topics.Handler)
+	}
+	for i, topic := range topics.Tiers {
+		r.tiers = append(r.tiers, r.newTarget(topic, i+1))
+	}
+	r.dlq = r.newTarget(topics.DLQ, 0)
+	r.main = r.newHop(topics.Main, 0, 0)
+	return r, nil
+}
+
+// newTarget returns the target topic of tier (0: the dead-letter topic)
+// with its instruments.
+func (r *Retry) newTarget(topic string, tier int) *target {
+	t := &target{topic: topic, tier: tier}
+	if r.metrics != nil {
+		destination := instrument.DestinationDLQ
+		if tier > 0 {
+			destination = instrument.DestinationTier
+			t.sent = r.metrics.TierMessages.WithLabelValues(r.topics.Handler, instrument.TierLabel(tier))
+		}
+		t.failures = r.metrics.PublishFailures.WithLabelValues(r.topics.Handler, destination)
+	}
+	if r.tracer != nil {
+		t.send = r.tracer.Send(topic)
+	}
+	return t
+}
+
+// newHop returns the hop of topic with its instruments.
+func (r *Retry) newHop(topic string, tier int, delay time.Duration) *hop {
+	h := &hop{topic: topic, tier: tier, delay: delay}
+	if r.metrics != nil {
+		label := instrument.TierLabel(tier)
+		h.succeeded = r.metrics.Successes.WithLabelValues(r.topics.Handler, label)
+		if tier != 0 {
+			h.lateness = r.metrics.Lateness.WithLabelValues(r.topics.Handler, label)
+		}
+	}
+	if r.tracer != nil {
+		h.process = r.tracer.Process(topic)
+	}
+	return h
+}
+
+// Undecodable counts an entry that the backend could not decode and
+// dead-lettered (retry_kafka_dead_letters_total, reason "undecodable").
+// Pass it as [tiered.SubscribeParams].OnUndecodable of the handler's
+// subscriptions; the router does.
+func (r *Retry) Undecodable(tiered.UndecodableParams) {
+	r.countDead(reasonUndecodable)
+}
+
+func (r *Retry) countDead(reason deadReason) {
+	if c := r.dead[reason]; c != nil {
+		c.Inc()
+	}
 }
 
 // Topics returns the handler's topics: its own, one per tier, and the
@@ -118,8 +273,20 @@ func (r *Retry) Topics() tiered.Topics { return r.topics }
 // its tiers, or a retired tier of an earlier policy.
 type hop struct {
 	topic string
-	tier  int // 0 on the handler's own topic
+	tier  int // 0 on the handler's own topic, -1 on a retired tier
 	delay time.Duration
+
+	// The hop's instruments, each nil when off.
+	succeeded prometheus.Counter
+	lateness  prometheus.Observer // tiers only
+	process   *instrument.Span
+}
+
+// success counts a successful attempt on the hop.
+func (h *hop) success() {
+	if h.succeeded != nil {
+		h.succeeded.Inc()
+	}
 }
 
 // Middleware wraps h, the handler on the handler's own topic: attempt 1.
@@ -134,7 +301,10 @@ type hop struct {
 // dropped with the failure. See [Retry.TierMiddleware] for what happens
 // when the copy cannot be published.
 func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
-	main := &hop{topic: r.topics.Main}
+	main := r.main
+	if main.process != nil {
+		return r.tracedMiddleware(h, main)
+	}
 	// The closure stays small: the router runs each message on a new
 	// goroutine, and a large frame here made every message grow its
 	// stack before reaching h.
@@ -143,10 +313,60 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		delivered := msg.Context()
 		produced, err := runHandler(h, msg)
 		if err == nil {
+			main.success()
 			return produced, nil
 		}
 		return r.failed(h, msg, delivered, main, nil, err)
 	}
+}
+
+// tracedMiddleware is Middleware with tracing on. Attempt 1 has its span,
+// which the failure path's send spans are children of. In a trace that is
+// being recorded (the message's parent span is sampled) the span starts
+// before h runs, so that h's own spans are its children. Otherwise it
+// starts only if h fails, back-dated to when h began: an OpenTelemetry SDK
+// span costs more CPU than this middleware and most of a broker's delivery
+// (see BENCHMARKS.md), which on the happy path of a trace that nobody
+// records would buy nothing. The closure stays as small as Middleware's;
+// the spans are started in methods whose frames are gone when h runs.
+func (r *Retry) tracedMiddleware(h message.HandlerFunc, main *hop) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		tiered.ClearUntrusted(msg.Metadata)
+		if instrument.SampledParent(msg.Context(), msg) {
+			return r.handleMainSampled(h, msg, main)
+		}
+		delivered := msg.Context()
+		began := time.Now()
+		produced, err := runHandler(h, msg)
+		if err == nil {
+			main.success()
+			return produced, nil
+		}
+		return r.failedUntraced(h, msg, delivered, main, began, err)
+	}
+}
+
+// handleMainSampled runs attempt 1 of a message in a recorded trace in
+// its span.
+func (r *Retry) handleMainSampled(h message.HandlerFunc, msg *message.Message, main *hop) ([]*message.Message, error) {
+	delivered, span := main.process.StartProcess(msg.Context(), msg, 1, 0, trace.SpanContext{}, time.Time{})
+	defer span.End()
+	msg.SetContext(delivered)
+	produced, err := runHandler(h, msg)
+	if err == nil {
+		main.success()
+		return produced, nil
+	}
+	return r.failed(h, msg, delivered, main, nil, err)
+}
+
+// failedUntraced starts the span of a failed attempt 1 that had none,
+// back-dated to began, and handles the failure in it.
+func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, delivered context.Context, main *hop, began time.Time, err error) ([]*message.Message, error) {
+	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, began)
+	defer span.End()
+	msg.SetContext(delivered)
+	return r.failed(h, msg, delivered, main, nil, err)
 }
 
 // TierMiddleware returns the middleware of the handler that consumes tier
@@ -178,7 +398,7 @@ func (r *Retry) TierMiddleware(tier int) (message.HandlerMiddleware, error) {
 	if tier < 1 || tier > len(r.topics.Tiers) {
 		return nil, fmt.Errorf("handler %q has tiers 1 to %d, not %d", r.topics.Handler, len(r.topics.Tiers), tier)
 	}
-	return r.tierMiddleware(&hop{topic: r.topics.Tiers[tier-1], tier: tier, delay: r.topics.Delays[tier-1]}), nil
+	return r.tierMiddleware(r.newHop(r.topics.Tiers[tier-1], tier, r.topics.Delays[tier-1])), nil
 }
 
 // RetiredTierMiddleware returns the middleware of a handler that consumes
@@ -199,7 +419,7 @@ func (r *Retry) RetiredTierMiddleware(topic string, delay time.Duration) (messag
 	if delay <= 0 {
 		return nil, fmt.Errorf("retired tier %q: delay is %v, must be positive", topic, delay)
 	}
-	return r.tierMiddleware(&hop{topic: topic, tier: -1, delay: delay}), nil
+	return r.tierMiddleware(r.newHop(topic, -1, delay)), nil
 }
 
 func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
@@ -213,28 +433,63 @@ func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
 // handleTier checks the retry metadata of a message consumed from a tier
 // topic, then runs h.
 func (r *Retry) handleTier(h message.HandlerFunc, msg *message.Message, from *hop) ([]*message.Message, error) {
+	entered := time.Now()
+	if from.process != nil {
+		span := r.startTierSpan(msg, from)
+		defer span.End()
+	}
 	delivered := msg.Context()
 	info, err := tiered.ReadInfo(msg.Metadata)
+	var due time.Time
+	var hasDue bool
 	if err == nil {
 		// The holding subscriber hands on a malformed due time at
 		// once and relies on this check to dead-letter it.
-		_, _, err = tiered.DueAt(msg.Metadata)
+		due, hasDue, err = tiered.DueAt(msg.Metadata)
 	}
 	if err == nil && (info.OriginalTopic != r.topics.Main || info.Handler != r.topics.Handler) {
 		err = fmt.Errorf("%w: message belongs to handler %q on topic %q, not %q on %q",
 			tiered.ErrInvalidMetadata, info.Handler, info.OriginalTopic, r.topics.Handler, r.topics.Main)
 	}
 	if err != nil {
-		reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", from.topic, err)
-		now := time.Now()
-		info = tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
-		return nil, r.deadLetter(msg, delivered, from, info, reason)
+		return nil, r.unusableMetadata(msg, delivered, from, err)
+	}
+	if from.lateness != nil && hasDue {
+		// A due time the holding subscriber clamped (forged, or from a
+		// clock far ahead) is handed on before it: it counts as on time.
+		from.lateness.Observe(max(entered.Sub(due), 0).Seconds())
 	}
 	produced, err := runHandler(h, msg)
 	if err == nil {
+		from.success()
 		return produced, nil
 	}
 	return r.failed(h, msg, delivered, from, &info, err)
+}
+
+// unusableMetadata dead-letters msg, whose retry metadata cannot be used
+// (err says why).
+func (r *Retry) unusableMetadata(msg *message.Message, delivered context.Context, from *hop, err error) error {
+	reason := fmt.Errorf("retry metadata on tier topic %s cannot be used: %w", from.topic, err)
+	if from.process != nil {
+		instrument.Fail(trace.SpanFromContext(delivered), reason)
+	}
+	now := time.Now()
+	info := tiered.Info{OriginalTopic: r.topics.Main, Handler: r.topics.Handler, FirstFailure: now, LastFailure: now}
+	return r.deadLetter(msg, delivered, from, info, reasonInvalidMetadata, reason)
+}
+
+// startTierSpan starts the span of an attempt on a tier, linked to the
+// first delivery's span, and puts it in msg's context.
+func (r *Retry) startTierSpan(msg *message.Message, from *hop) trace.Span {
+	attempt, tier := 0, 0 // unknown when the metadata cannot be used
+	if info, err := tiered.ReadInfo(msg.Metadata); err == nil {
+		attempt, tier = info.Attempt+1, info.Tier
+	}
+	first := instrument.ParseSpanContext(msg.Metadata.Get(tiered.KeyFirstSpan))
+	ctx, span := from.process.StartProcess(msg.Context(), msg, attempt, tier, first, time.Time{})
+	msg.SetContext(ctx)
+	return span
 }
 
 // failed handles an attempt of h that failed with err: quick attempts,
@@ -245,6 +500,9 @@ func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, delivered co
 	if tier != nil {
 		info = *tier
 	}
+	if from.process != nil {
+		instrument.Fail(trace.SpanFromContext(delivered), err)
+	}
 	var panicked wmiddleware.RecoveredPanicError
 	if errors.As(err, &panicked) {
 		r.logger.Error("Handler panicked", err, watermill.LogFields{"topic": from.topic, "message_uuid": msg.UUID})
@@ -253,6 +511,11 @@ func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, delivered co
 		var produced []*message.Message
 		produced, err = r.quick(h, msg, delivered, err)
 		if err == nil {
+			from.success()
+			if from.process != nil {
+				// Ok overrides the Error that the first call's failure set.
+				trace.SpanFromContext(delivered).SetStatus(codes.Ok, "an in-process attempt succeeded")
+			}
 			return produced, nil
 		}
 	}
@@ -287,12 +550,17 @@ func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, delivered co
 	decision := r.policy.Decide(tiered.ClassifyParams{Err: err, Message: msg, Attempt: attempt})
 	next, ok := r.policy.TierFor(attempt)
 	if decision == tiered.DeadLetter || !ok {
+		class := reasonExhausted
 		if decision == tiered.DeadLetter {
+			class = reasonClassified
+			if tiered.IsPermanent(err) {
+				class = reasonPermanent
+			}
 			err = fmt.Errorf("attempt %d failed with an error that is not retried: %w", attempt, err)
 		} else {
 			err = fmt.Errorf("attempt %d of %d failed, no attempts left: %w", attempt, r.policy.MaxAttempts, err)
 		}
-		return nil, r.deadLetter(msg, delivered, from, info, err)
+		return nil, r.deadLetter(msg, delivered, from, info, class, err)
 	}
 	return nil, r.toTier(msg, delivered, from, info, next, err)
 }
@@ -329,6 +597,15 @@ func (r *Retry) copyForHop(msg *message.Message, delivered context.Context, from
 		if d := tiered.DeliveryFrom(delivered); d != nil && d.WriteOrigin != nil {
 			d.WriteOrigin(out.Metadata)
 		}
+		if from.process != nil {
+			// The attempt's span is the first delivery's, which every
+			// later attempt links to.
+			if first := instrument.FormatSpanContext(trace.SpanContextFromContext(delivered)); first != "" {
+				out.Metadata.Set(tiered.KeyFirstSpan, first)
+			}
+		}
+	} else if first := msg.Metadata.Get(tiered.KeyFirstSpan); first != "" {
+		out.Metadata.Set(tiered.KeyFirstSpan, first)
 	}
 	info.Write(out.Metadata)
 	return out
@@ -339,24 +616,33 @@ func (r *Retry) toTier(msg *message.Message, delivered context.Context, from *ho
 	out := r.copyForHop(msg, delivered, from, info)
 	d := r.topics.Delays[tier-1]
 	delay.Message(out, delay.For(d))
-	topic := r.topics.Tiers[tier-1]
-	if err := r.publish(msg, delivered, from, topic, out); err != nil {
+	to := r.tiers[tier-1]
+	stubbed, err := r.publish(msg, delivered, from, to, out, info.Attempt)
+	if err != nil {
 		return errors.Join(cause, err)
 	}
+	if stubbed {
+		r.countDead(reasonUnpublishable)
+		return nil
+	}
+	if to.sent != nil {
+		to.sent.Inc()
+	}
 	r.logger.Debug("Message sent to tier", watermill.LogFields{
-		"topic": topic, "message_uuid": msg.UUID, "tier": info.Tier, "attempt": info.Attempt, "due_in": d.String(),
+		"topic": to.topic, "message_uuid": msg.UUID, "tier": info.Tier, "attempt": info.Attempt, "due_in": d.String(),
 	})
 	return nil
 }
 
-func (r *Retry) deadLetter(msg *message.Message, delivered context.Context, from *hop, info tiered.Info, reason error) error {
+func (r *Retry) deadLetter(msg *message.Message, delivered context.Context, from *hop, info tiered.Info, class deadReason, reason error) error {
 	info.Tier = 0
 	info.LastError = reason.Error()
 	out := r.copyForHop(msg, delivered, from, info)
 	r.poison(out, delivered, from, tiered.Truncate(reason.Error(), tiered.MaxErrorBytes))
-	if err := r.publish(msg, delivered, from, r.topics.DLQ, out); err != nil {
+	if _, err := r.publish(msg, delivered, from, r.dlq, out, info.Attempt); err != nil {
 		return errors.Join(reason, err)
 	}
+	r.countDead(class)
 	r.logger.Info("Message sent to the dead-letter topic", watermill.LogFields{
 		"topic": r.topics.DLQ, "message_uuid": msg.UUID, "attempt": info.Attempt, "reason": tiered.Truncate(reason.Error(), 200),
 	})

@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,7 +11,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/retry-kafka/retry-kafka/middleware"
 	"github.com/retry-kafka/retry-kafka/tiered"
@@ -45,8 +48,12 @@ type published struct {
 type brokerPublisher struct {
 	next message.Publisher
 
-	mu        sync.Mutex
-	failures  map[string]int
+	mu       sync.Mutex
+	failures map[string]int
+	// tooLarge refuses, as tiered.ErrUnpublishable, the messages to a
+	// topic that carry a payload, like a broker refusing a record that grew
+	// too large: a dead-letter stub passes.
+	tooLarge  map[string]bool
 	failedOn  map[string]int
 	published []published
 }
@@ -68,6 +75,18 @@ func (p *brokerPublisher) Publish(topic string, msgs ...*message.Message) error 
 		p.failedOn[topic]++
 		p.mu.Unlock()
 		return errBrokerDown
+	}
+	if p.tooLarge[topic] {
+		for _, m := range msgs {
+			if len(m.Payload) > 0 {
+				if p.failedOn == nil {
+					p.failedOn = map[string]int{}
+				}
+				p.failedOn[topic]++
+				p.mu.Unlock()
+				return fmt.Errorf("record too large: %w", tiered.ErrUnpublishable)
+			}
+		}
 	}
 	for _, m := range msgs {
 		_, hasDeadline := m.Context().Deadline()
@@ -107,6 +126,12 @@ type rigConfig struct {
 	policy tiered.Policy
 	// failures makes the first n publishes to a topic fail.
 	failures map[string]int
+	// tooLarge makes the publishes of copies with a payload to a topic
+	// fail with tiered.ErrUnpublishable.
+	tooLarge map[string]bool
+	// registerer and tracing go to middleware.Config.
+	registerer prometheus.Registerer
+	tracing    trace.TracerProvider
 	// before are router middleware added before the retry middleware
 	// (they run outside it), after are added after it (inside).
 	before, after []message.HandlerMiddleware
@@ -138,17 +163,20 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 	t.Helper()
 	gc := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	rg := &rig{
-		pub:       &brokerPublisher{next: gc, failures: cfg.failures},
+		pub:       &brokerPublisher{next: gc, failures: cfg.failures, tooLarge: cfg.tooLarge},
 		gc:        gc,
 		delivered: map[string][]*message.Message{},
 		acks:      map[string]int{},
 		nacks:     map[string]int{},
 	}
 	retry, err := middleware.NewRetry(middleware.Config{
-		Publisher: rg.pub,
-		Policy:    cfg.policy,
-		Topic:     "orders",
-		Handler:   "billing",
+		Publisher:       rg.pub,
+		Policy:          cfg.policy,
+		Topic:           "orders",
+		Handler:         "billing",
+		Registerer:      cfg.registerer,
+		TracerProvider:  cfg.tracing,
+		MessagingSystem: "gochannel",
 	}, nil)
 	require.NoError(t, err)
 	rg.retry = retry

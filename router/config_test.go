@@ -35,6 +35,7 @@ func TestNew_rejectsInvalidConfig(t *testing.T) {
 		{"the zero Policy", router.Config{Backend: backend}, tiered.ErrInvalidPolicy, []string{"the zero Policy retries nothing"}},
 		{"two tiers with one delay", router.Config{Backend: backend, Policy: tiered.Policy{Delays: []time.Duration{10 * time.Second, 10000 * time.Millisecond}}}, tiered.ErrInvalidPolicy, []string{"Delays[0] and Delays[1] are both 10s"}},
 		{"every problem is reported", router.Config{Policy: tiered.Policy{MaxAttempts: 2}}, tiered.ErrInvalidPolicy, []string{"Backend is nil", "Delays is empty"}},
+		{"DeadLetters without a Registerer", router.Config{Backend: backend, Policy: tiered.Policy{Delays: []time.Duration{time.Second}}, DeadLetters: fixedDepth{}}, nil, []string{"DeadLetters is set without a Registerer"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,4 +10,10 @@
 //
 // The router stays the application's: its other handlers, middleware,
 // plugins and decorators keep working.
+//
+// [Config] turns on Prometheus metrics (Registerer, beside Watermill's own
+// on the same registry), OpenTelemetry tracing across hops
+// (TracerProvider) and the dead-letter depth at scrape time (DeadLetters,
+// a dlq.Client); the README's "Metrics and tracing" lists what they
+// report.
 package router

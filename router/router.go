@@ -8,7 +8,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/retry-kafka/retry-kafka/internal/instrument"
 	"github.com/retry-kafka/retry-kafka/middleware"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -34,6 +37,46 @@ type Config struct {
 	// Optional. Defaults to [tiered.DefaultTopicName]:
 	// "{topic}.{handler}.retry.{delay}" and "{topic}.{handler}.dlq".
 	TopicName tiered.TopicNamer
+
+	// Registerer, when set, gets the retry metrics of every handler added
+	// (see the README, "Metrics and tracing"): the middleware's counters
+	// and lateness histogram ([middleware.Config].Registerer) and the
+	// holding subscribers' gauges of held messages
+	// ([tiered.SubscriberConfig].Registerer), labelled with the handler's
+	// name (handler_name) and tier. Give it the registry of Watermill's
+	// metrics.NewPrometheusMetricsBuilder: no name clashes, and
+	// handler_name is the same label. Retriers on one registry share the
+	// metrics.
+	//
+	// Optional. Defaults to none: nothing is registered, here or in the
+	// global registry.
+	Registerer prometheus.Registerer
+
+	// TracerProvider, when set, traces the attempts of every handler added
+	// and every copy published, with the W3C trace context carried in
+	// metadata from hop to hop (see [middleware.Config].TracerProvider for
+	// when the first attempt gets its span, and the README, "Metrics and
+	// tracing").
+	//
+	// Optional. Defaults to none: no spans.
+	TracerProvider trace.TracerProvider
+
+	// DeadLetters, with Registerer, reports the dead-letter topic of every
+	// handler added at each scrape: retry_kafka_dlq_messages (how many it
+	// holds), retry_kafka_dlq_oldest_seconds (the age of the oldest) and
+	// retry_kafka_dlq_read_errors_total, read through it at most every 5
+	// seconds. Give it a *dlq.Client on the same broker (see the dlq
+	// package); the backend itself does not tell.
+	//
+	// Optional. Defaults to none. Requires Registerer.
+	DeadLetters DeadLetterDepth
+}
+
+// DeadLetterDepth reads how many messages a dead-letter topic holds and
+// when the broker stored the oldest (zero when it holds none), for
+// [Config].DeadLetters. The dlq package's Client implements it.
+type DeadLetterDepth interface {
+	DeadLetterDepth(ctx context.Context, topic string) (messages int64, oldest time.Time, err error)
 }
 
 // Validate reports every problem with the config without changing it.
@@ -45,6 +88,9 @@ func (c Config) Validate() error {
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.DeadLetters != nil && c.Registerer == nil {
+		errs = append(errs, errors.New("DeadLetters is set without a Registerer to report to"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -52,6 +98,7 @@ func (c Config) Validate() error {
 type Retrier struct {
 	config Config
 	logger watermill.LoggerAdapter
+	dlqs   *instrument.DeadLetters // nil without Config.DeadLetters
 }
 
 // New checks config and returns a Retrier.
@@ -63,7 +110,14 @@ func New(config Config, logger watermill.LoggerAdapter) (*Retrier, error) {
 		logger = watermill.NopLogger{}
 	}
 	config.Policy = config.Policy.WithDefaults()
-	return &Retrier{config: config, logger: logger}, nil
+	w := &Retrier{config: config, logger: logger}
+	if config.DeadLetters != nil {
+		var err error
+		if w.dlqs, err = instrument.RegisterDeadLetters(config.Registerer); err != nil {
+			return nil, fmt.Errorf("invalid config: %w", err)
+		}
+	}
+	return w, nil
 }
 
 // Handler is what one Add call put on the router.
@@ -164,17 +218,28 @@ func (w *Retrier) add(
 	if r == nil {
 		return nil, errors.New("nil router")
 	}
+	var system string
+	if ms, ok := w.config.Backend.(tiered.MessagingSystem); ok {
+		system = ms.MessagingSystem()
+	}
 	retry, err := middleware.NewRetry(middleware.Config{
-		Publisher: w.config.Backend.Publisher(),
-		Policy:    w.config.Policy,
-		Topic:     topic,
-		Handler:   name,
-		TopicName: w.config.TopicName,
+		Publisher:       w.config.Backend.Publisher(),
+		Policy:          w.config.Policy,
+		Topic:           topic,
+		Handler:         name,
+		TopicName:       w.config.TopicName,
+		Registerer:      w.config.Registerer,
+		TracerProvider:  w.config.TracerProvider,
+		MessagingSystem: system,
 	}, w.logger)
 	if err != nil {
 		return nil, fmt.Errorf("handler %q: %w", name, err)
 	}
 	topics := retry.Topics()
+	var onUndecodable func(tiered.UndecodableParams) // counted in the metrics
+	if w.config.Registerer != nil {
+		onUndecodable = retry.Undecodable
+	}
 
 	names := make([]string, len(topics.Tiers))
 	existing := r.Handlers()
@@ -208,7 +273,9 @@ func (w *Retrier) add(
 	}
 	var mainSub message.Subscriber
 	if main == nil {
-		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{Group: topics.Group(topic), Handler: name, Topic: topic, DLQ: topics.DLQ})
+		mainSub, err = w.config.Backend.Subscriber(tiered.SubscribeParams{
+			Group: topics.Group(topic), Handler: name, Topic: topic, DLQ: topics.DLQ, OnUndecodable: onUndecodable,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("handler %q: subscribe to %s: %w", name, topic, err)
 		}
@@ -218,23 +285,30 @@ func (w *Retrier) add(
 	// one per retired tier that still holds messages.
 	type hop struct {
 		name, topic string
+		tier        int // tiered.RetiredTier for a retired one
 		delay       time.Duration
 		sub         message.Subscriber
 		mw          message.HandlerMiddleware
 	}
 	var hops []hop
-	subscribe := func(h hop, group string, retiredTier bool) (hop, error) {
-		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{Group: group, Handler: name, Topic: h.topic, Delay: h.delay, DLQ: topics.DLQ})
+	subscribe := func(h hop, group string) (hop, error) {
+		sub, err := w.config.Backend.Subscriber(tiered.SubscribeParams{
+			Group: group, Handler: name, Topic: h.topic, Delay: h.delay, DLQ: topics.DLQ, OnUndecodable: onUndecodable,
+		})
 		if err != nil {
 			return h, fmt.Errorf("handler %q: subscribe to %s: %w", name, h.topic, err)
 		}
 		subs = append(subs, sub)
-		if retiredTier {
+		if h.tier == tiered.RetiredTier {
 			if sub, err = newDrainingSubscriber(sub, w.config.Backend, group, w.logger); err != nil {
 				return h, fmt.Errorf("handler %q: %w", name, err)
 			}
 		}
-		if h.sub, err = tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: h.delay}, w.logger); err != nil {
+		hold := tiered.SubscriberConfig{MaxDelay: h.delay}
+		if w.config.Registerer != nil {
+			hold.Registerer, hold.Handler, hold.Tier = w.config.Registerer, name, h.tier
+		}
+		if h.sub, err = tiered.NewSubscriber(sub, hold, w.logger); err != nil {
 			return h, fmt.Errorf("handler %q: %w", name, err)
 		}
 		return h, nil
@@ -243,7 +317,7 @@ func (w *Retrier) add(
 		mw, err := retry.TierMiddleware(i + 1)
 		if err == nil {
 			var h hop
-			h, err = subscribe(hop{name: names[i], topic: tierTopic, delay: topics.Delays[i], mw: mw}, topics.Group(tierTopic), false)
+			h, err = subscribe(hop{name: names[i], topic: tierTopic, tier: i + 1, delay: topics.Delays[i], mw: mw}, topics.Group(tierTopic))
 			hops = append(hops, h)
 		}
 		if err != nil {
@@ -252,7 +326,7 @@ func (w *Retrier) add(
 		}
 	}
 	for _, rt := range retired {
-		h := hop{name: name + ".retry." + tiered.FormatDelay(rt.delay), topic: rt.topic, delay: rt.delay}
+		h := hop{name: name + ".retry." + tiered.FormatDelay(rt.delay), topic: rt.topic, tier: tiered.RetiredTier, delay: rt.delay}
 		if _, taken := existing[h.name]; taken {
 			closeAll()
 			return nil, fmt.Errorf("the router already has a handler named %q", h.name)
@@ -260,7 +334,7 @@ func (w *Retrier) add(
 		mw, err := retry.RetiredTierMiddleware(rt.topic, rt.delay)
 		if err == nil {
 			h.mw = mw
-			h, err = subscribe(h, rt.topic, true) // a tier's group is named after its topic
+			h, err = subscribe(h, rt.topic) // a tier's group is named after its topic
 			hops = append(hops, h)
 		}
 		if err != nil {
@@ -270,6 +344,13 @@ func (w *Retrier) add(
 		w.logger.Info("Found a retired tier that still holds messages: consuming it until it is drained", watermill.LogFields{
 			"handler_name": name, "topic": rt.topic, "delay": rt.delay.String(), "messages": rt.lag,
 		})
+	}
+
+	if w.dlqs != nil {
+		if err := w.dlqs.Watch(name, topics.DLQ, w.config.DeadLetters.DeadLetterDepth); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("handler %q: %w", name, err)
+		}
 	}
 
 	out := &Handler{Main: main, Topics: topics}

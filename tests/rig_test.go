@@ -12,8 +12,12 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/retry-kafka/retry-kafka/dlq"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -109,6 +113,13 @@ type rig struct {
 	topics     map[string]tiered.Topics    // by handler name
 	handlers   map[string]*router.Handler  // by handler name, of the running router
 
+	// metrics and tracing, when set by observe, go to every router the
+	// rig starts: one registry and one tracer provider for all of them.
+	metrics *prometheus.Registry
+	tracing *sdktrace.TracerProvider
+	spans   *tracetest.InMemoryExporter
+	dlq     *dlq.Client // the dead-letter depth of the metrics; nil on mem
+
 	mu     sync.Mutex
 	calls  []call
 	dead   []deadLetter
@@ -143,6 +154,24 @@ func (r *rig) handle(name string, fn handlerFunc) *rig {
 	return r
 }
 
+// observe gives the routers the rig starts a Prometheus registry
+// (r.metrics), a tracer provider whose ended spans r.spans keeps and,
+// where the dlq package supports the backend, a dlq.Client for the depth
+// of the dead-letter topics (r.dlq).
+func (r *rig) observe() *rig {
+	r.metrics = prometheus.NewRegistry()
+	r.spans = tracetest.NewInMemoryExporter()
+	r.tracing = sdktrace.NewTracerProvider(sdktrace.WithSyncer(r.spans))
+	r.t.Cleanup(func() { _ = r.tracing.Shutdown(context.Background()) })
+	client, err := dlq.New(dlq.Config{Backend: r.backend.Backend}, r.logger)
+	if !errors.Is(err, dlq.ErrUnsupportedBackend) {
+		require.NoError(r.t, err)
+		r.dlq = client
+		r.t.Cleanup(func() { _ = client.Close() })
+	}
+	return r
+}
+
 // use adds router middleware to the routers the rig starts. Router
 // middleware runs outside the retry middleware of each handler.
 func (r *rig) use(m ...message.HandlerMiddleware) *rig {
@@ -164,7 +193,14 @@ func (r *rig) start() {
 	wr, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, r.logger)
 	require.NoError(t, err)
 	wr.AddMiddleware(r.middleware...)
-	retrying, err := router.New(router.Config{Backend: r.backend, Policy: r.policy}, r.logger)
+	config := router.Config{Backend: r.backend, Policy: r.policy}
+	if r.metrics != nil {
+		config.Registerer, config.TracerProvider = r.metrics, r.tracing
+	}
+	if r.dlq != nil {
+		config.DeadLetters = r.dlq
+	}
+	retrying, err := router.New(config, r.logger)
 	require.NoError(t, err)
 	for _, s := range r.specs {
 		h, err := retrying.AddConsumerHandler(wr, s.name, r.topic, r.record(s, run))
@@ -281,6 +317,18 @@ func (r *rig) snapshot() ([]call, []deadLetter) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.calls), slices.Clone(r.dead)
+}
+
+// deadLetterOf returns the first dead letter read with the UUID uuid, or
+// nil.
+func (r *rig) deadLetterOf(uuid string) *message.Message {
+	_, dead := r.snapshot()
+	for _, d := range dead {
+		if d.msg.UUID == uuid {
+			return d.msg
+		}
+	}
+	return nil
 }
 
 // handlerTopics returns the topics of handler name.
@@ -467,6 +515,14 @@ func (b *recordingBackend) Lag(ctx context.Context, topic, group string) (int64,
 		return 0, fmt.Errorf("%T: %w", b.Backend, errors.ErrUnsupported)
 	}
 	return in.Lag(ctx, topic, group)
+}
+
+// MessagingSystem passes the backend's name through, for the spans.
+func (b *recordingBackend) MessagingSystem() string {
+	if ms, ok := b.Backend.(tiered.MessagingSystem); ok {
+		return ms.MessagingSystem()
+	}
+	return ""
 }
 
 // published returns what was published so far.

@@ -706,13 +706,7 @@ func TestRetry_freshContextKeepsTheAttemptCount(t *testing.T) {
 		r.publish(always)
 		r.waitOutcomes("billing", []string{always.UUID})
 
-		_, dead := r.snapshot()
-		var got *message.Message
-		for _, d := range dead {
-			if d.msg.UUID == always.UUID {
-				got = d.msg
-			}
-		}
+		got := r.deadLetterOf(always.UUID)
 		require.NotNil(t, got)
 		require.Equal(t, strconv.Itoa(quick.MaxAttempts), got.Metadata.Get(tiered.KeyAttempt))
 		calls, _ := r.snapshot()

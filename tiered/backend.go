@@ -58,6 +58,30 @@ type SubscribeParams struct {
 	// message, rather than stopping the subscription. Empty outside a
 	// handler (the entry is then acked and logged).
 	DLQ string
+
+	// OnUndecodable, when not nil, is called each time the backend has
+	// dead-lettered, publish confirmed, an entry of Topic that it could
+	// not decode into a message. The router passes the retry
+	// middleware's Retry.Undecodable, which counts it in the
+	// metrics.
+	OnUndecodable func(UndecodableParams)
+}
+
+// UndecodableParams describes an entry that a backend could not decode and
+// dead-lettered, for [SubscribeParams.OnUndecodable].
+type UndecodableParams struct {
+	// Topic is the topic the entry was read from.
+	Topic string
+	// DLQ is the dead-letter topic it was written to.
+	DLQ string
+}
+
+// MessagingSystem is an optional capability of a [Backend]: the name of
+// its broker as OpenTelemetry's semantic conventions spell the
+// messaging.system attribute ("kafka"; "redis" for Redis Streams, which the
+// conventions do not list). The retry middleware puts it on its spans.
+type MessagingSystem interface {
+	MessagingSystem() string
 }
 
 // Inspector is an optional capability of a [Backend]: it lists topics and

@@ -65,6 +65,14 @@ const (
 	// [KeyRedriveCount].
 	KeyRedriveTime = "retry_redrive_ms"
 
+	// KeyFirstSpan is the W3C traceparent of the span of the message's
+	// first delivery (attempt 1, on the handler's own topic), written on
+	// its first hop when tracing is on and carried to every later one: the
+	// span of each attempt links to it. (The trace context itself travels
+	// in Watermill-independent W3C keys, traceparent and tracestate, which
+	// are not retry keys.)
+	KeyFirstSpan = "retry_first_span"
+
 	// KeyPayloadDropped is set on a dead-letter stub ([DeadLetterStub]),
 	// which stands in for a copy that could not be published at all: the
 	// size in bytes of the payload that was left out. The origin keys
@@ -81,7 +89,7 @@ const (
 
 // retryKeys are the keys that [ClearInfo] removes.
 var retryKeys = [...]string{
-	KeyAttempt, KeyOriginalTopic, KeyHandler, KeyFirstFailure, KeyLastFailure, KeyDueAt, KeyTier, KeyLastError,
+	KeyAttempt, KeyOriginalTopic, KeyHandler, KeyFirstFailure, KeyLastFailure, KeyDueAt, KeyTier, KeyLastError, KeyFirstSpan,
 	delay.DelayedUntilKey, delay.DelayedForKey,
 	middleware.ReasonForPoisonedKey, middleware.PoisonedTopicKey, middleware.PoisonedHandlerKey, middleware.PoisonedSubscriberKey,
 }

@@ -15,6 +15,13 @@ import (
 // more, all of them are left out.
 const MaxStubUserMetadataBytes = 4096
 
+// The metadata keys of the W3C trace context (OpenTelemetry's
+// propagation.TraceContext writes them).
+const (
+	traceparentKey = "traceparent"
+	tracestateKey  = "tracestate"
+)
+
 // DeadLetterStub returns the message to dead-letter in place of msg, a
 // tier or dead-letter copy that the broker can never take as it is (its
 // publish failed with an error wrapping [ErrUnpublishable]: too large, say).
@@ -23,8 +30,8 @@ const MaxStubUserMetadataBytes = 4096
 //   - the same UUID, and msg's context;
 //   - no payload: [KeyPayloadDropped] gives the size that was left out;
 //   - every retry key, origin key (where the original can be fetched
-//     again: Kafka partition and offset, Redis entry ID) and poison key of
-//     msg, with [KeyTier] 0;
+//     again: Kafka partition and offset, Redis entry ID), poison key and
+//     trace context key (traceparent, tracestate) of msg, with [KeyTier] 0;
 //   - the user's metadata when it is small ([MaxStubUserMetadataBytes]),
 //     none of it otherwise;
 //   - reason, bounded by [MaxErrorBytes], as [KeyLastError] and as
@@ -66,10 +73,12 @@ func DeadLetterStub(msg *message.Message, reason string) *message.Message {
 }
 
 // libraryKey reports whether k is a key this library or Watermill's
-// poison queue writes.
+// poison queue writes, or one of the W3C trace context, which keeps the
+// stub in the trace of the message it stands for.
 func libraryKey(k string) bool {
 	switch k {
-	case middleware.ReasonForPoisonedKey, middleware.PoisonedTopicKey, middleware.PoisonedHandlerKey, middleware.PoisonedSubscriberKey:
+	case middleware.ReasonForPoisonedKey, middleware.PoisonedTopicKey, middleware.PoisonedHandlerKey, middleware.PoisonedSubscriberKey,
+		traceparentKey, tracestateKey:
 		return true
 	}
 	return strings.HasPrefix(k, "retry_")

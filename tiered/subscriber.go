@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/retry-kafka/retry-kafka/internal/instrument"
 )
 
 // SubscriberConfig configures a [Subscriber].
@@ -23,14 +27,52 @@ type SubscriberConfig struct {
 	//
 	// Required. Must be positive.
 	MaxDelay time.Duration
+
+	// Registerer, when set, gets the gauges of the messages this
+	// subscriber holds: retry_kafka_held_messages (how many are held now)
+	// and retry_kafka_oldest_held_seconds (for how long the one held
+	// longest has been held), labelled handler_name=Handler and
+	// tier=Tier. Subscribers and retriers given the same registry share
+	// the gauges, so their holds add up (see the README, "Metrics and
+	// tracing").
+	//
+	// Optional. Defaults to none: nothing is registered.
+	Registerer prometheus.Registerer
+
+	// Handler names the handler in the gauges' labels.
+	//
+	// Required with Registerer.
+	Handler string
+
+	// Tier is the tier the subscription consumes, numbered from 1 as in
+	// [KeyTier], or [RetiredTier] for a tier of an earlier policy
+	// (labelled "retired").
+	//
+	// Required with Registerer.
+	Tier int
 }
 
-// Validate reports a problem with the config without changing it.
+// RetiredTier is the [SubscriberConfig.Tier] of a tier topic of an earlier
+// policy, which the router drains.
+const RetiredTier = -1
+
+// Validate reports every problem with the config without changing it.
 func (c SubscriberConfig) Validate() error {
+	var errs []error
 	if c.MaxDelay <= 0 {
-		return fmt.Errorf("MaxDelay is %v, must be positive", c.MaxDelay)
+		errs = append(errs, fmt.Errorf("MaxDelay is %v, must be positive", c.MaxDelay))
 	}
-	return nil
+	if c.Registerer != nil {
+		if c.Handler == "" {
+			errs = append(errs, errors.New("Handler is empty, and Registerer needs it"))
+		} else if !utf8.ValidString(c.Handler) {
+			errs = append(errs, fmt.Errorf("Handler %q is not valid UTF-8", c.Handler))
+		}
+		if c.Tier < 1 && c.Tier != RetiredTier {
+			errs = append(errs, fmt.Errorf("Tier is %d; with Registerer it must be 1 or more, or RetiredTier", c.Tier))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Subscriber is the holding subscriber: a [message.Subscriber] decorator
@@ -56,6 +98,7 @@ type Subscriber struct {
 	sub    message.Subscriber
 	config SubscriberConfig
 	logger watermill.LoggerAdapter
+	holds  *instrument.HoldTracker // nil without a Registerer
 
 	// mu guards closed and the wg.Add of a new subscription, so that Close
 	// never waits while a Subscribe is adding to wg, and no subscription
@@ -77,7 +120,15 @@ func NewSubscriber(sub message.Subscriber, config SubscriberConfig, logger water
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Subscriber{sub: sub, config: config, logger: logger, closing: make(chan struct{})}, nil
+	s := &Subscriber{sub: sub, config: config, logger: logger, closing: make(chan struct{})}
+	if config.Registerer != nil {
+		m, err := instrument.Register(config.Registerer)
+		if err != nil {
+			return nil, fmt.Errorf("invalid config: %w", err)
+		}
+		s.holds = m.Holds.Track(config.Handler, instrument.TierLabel(config.Tier))
+	}
+	return s, nil
 }
 
 // SubscriberDecorator returns a [message.SubscriberDecorator] that wraps
@@ -179,6 +230,9 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 		return true
 	}
 	s.logger.Trace("Holding message until due", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String()})
+	if s.holds != nil {
+		defer s.holds.Hold()()
+	}
 	timer := time.NewTimer(due.Sub(now))
 	defer timer.Stop()
 	for {

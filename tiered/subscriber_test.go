@@ -12,8 +12,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/retry-kafka/retry-kafka/internal/instrument/instrumenttest"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -451,16 +453,96 @@ func TestSubscriber_subscribeAndCloseConcurrently(t *testing.T) {
 			}()
 		}
 		require.NoError(t, sub.Close())
+		wg.Wait()
+		// Every subscription that succeeded, before Close or racing it,
+		// was ended by Close: one that started after Close returned
+		// would still be open.
 		mu.Lock()
 		started := slices.Clone(chans)
 		mu.Unlock()
 		for _, ch := range started {
-			_, open := <-ch
-			require.False(t, open, "a subscription outlived Close")
+			select {
+			case _, open := <-ch:
+				require.False(t, open, "a subscription outlived Close")
+			case <-time.After(5 * time.Second):
+				t.Fatal("a subscription outlived Close: its channel is still open")
+			}
 		}
-		wg.Wait()
-		require.Len(t, chans, len(started), "a Subscribe succeeded after Close returned")
 		_, err = sub.Subscribe(context.Background(), "tier")
 		require.ErrorIs(t, err, tiered.ErrClosed)
 	}
+}
+
+// With a Registerer, the gauges say how many messages are held now and
+// for how long the one held longest has waited, per handler and tier;
+// two subscribers of the same handler's tier add up.
+func TestSubscriber_reportsHeldMessages(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		reg := prometheus.NewRegistry()
+		gc := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 10}, nil)
+		config := tiered.SubscriberConfig{MaxDelay: time.Minute, Registerer: reg, Handler: "billing", Tier: 1}
+		var chans []<-chan *message.Message
+		for _, topic := range []string{"tier-a", "tier-b"} {
+			sub, err := tiered.NewSubscriber(gc, config, nil)
+			require.NoError(t, err)
+			defer func() { require.NoError(t, sub.Close()) }()
+			ch, err := sub.Subscribe(context.Background(), topic)
+			require.NoError(t, err)
+			chans = append(chans, ch)
+		}
+		held := func() (float64, float64) {
+			m := instrumenttest.Gather(t, reg)
+			return m.Value("retry_kafka_held_messages", "handler_name", "billing", "tier", "1"),
+				m.Value("retry_kafka_oldest_held_seconds", "handler_name", "billing", "tier", "1")
+		}
+		n, oldest := held()
+		require.Equal(t, []float64{0, 0}, []float64{n, oldest}, "the series exist before the first hold")
+
+		first := message.NewMessage("first", nil)
+		first.Metadata.Set(tiered.KeyDueAt, ms(start.Add(30*time.Second)))
+		require.NoError(t, gc.Publish("tier-a", first))
+		time.Sleep(10 * time.Second)
+		second := message.NewMessage("second", nil)
+		second.Metadata.Set(tiered.KeyDueAt, ms(start.Add(50*time.Second)))
+		require.NoError(t, gc.Publish("tier-b", second))
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		n, oldest = held()
+		require.Equal(t, []float64{2, 20}, []float64{n, oldest}, "at 20s: both held, the first for 20s")
+
+		receive(t, chans[0]).Ack()
+		synctest.Wait()
+		n, oldest = held()
+		require.Equal(t, []float64{1, 20}, []float64{n, oldest}, "at 30s: the second held, for 20s")
+
+		receive(t, chans[1]).Ack()
+		synctest.Wait()
+		n, oldest = held()
+		require.Equal(t, []float64{0, 0}, []float64{n, oldest}, "at 50s: none held")
+	})
+}
+
+func TestNewSubscriber_rejectsIncompleteMetricsConfig(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	tests := []struct {
+		name   string
+		config tiered.SubscriberConfig
+		want   string
+	}{
+		{"no handler", tiered.SubscriberConfig{MaxDelay: time.Second, Registerer: reg, Tier: 1}, "Handler is empty"},
+		{"tier 0", tiered.SubscriberConfig{MaxDelay: time.Second, Registerer: reg, Handler: "billing"}, "Tier is 0"},
+		{"handler not UTF-8", tiered.SubscriberConfig{MaxDelay: time.Second, Registerer: reg, Handler: "\xff", Tier: 1}, "not valid UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tiered.NewSubscriber(gochannel.NewGoChannel(gochannel.Config{}, nil), tt.config, nil)
+			require.ErrorContains(t, err, tt.want)
+			require.Empty(t, instrumenttest.Gather(t, reg).Names(), "nothing registered")
+		})
+	}
+	_, err := tiered.NewSubscriber(gochannel.NewGoChannel(gochannel.Config{}, nil),
+		tiered.SubscriberConfig{MaxDelay: time.Second, Registerer: reg, Handler: "billing", Tier: tiered.RetiredTier}, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"handler_name=billing,tier=retired"}, instrumenttest.Gather(t, reg).Series("retry_kafka_held_messages"))
 }

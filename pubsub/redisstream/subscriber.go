@@ -305,6 +305,9 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 	})
 	l.lastAcked = id
 	marker.Ack()
+	if f := l.s.params.OnUndecodable; f != nil {
+		f(tiered.UndecodableParams{Topic: l.topic, DLQ: dlq})
+	}
 	return true
 }
 

@@ -44,6 +44,8 @@ var figures = []struct {
 		[]string{"tiered-s", "plain-held-s", "plain-idle-s", "hold-s"}},
 	{"DLQ", "7. Dead letters: unthrottled redrive vs plain batch publish (msg/s), and peak live heap of each operation at 10k and 1M dead letters (MiB above the start)",
 		[]string{"msgs", "plain-msg/s", "redrive-msg/s", "redrive-ratio", "list-10k-MiB", "list-1M-MiB", "stats-10k-MiB", "stats-1M-MiB", "export-10k-MiB", "export-1M-MiB", "redrive-10k-MiB", "redrive-1M-MiB"}},
+	{"Observability", "8. Metrics and tracing on vs off: happy-path CPU per message (ratios off / on; 1% of traces sampled, and all)",
+		[]string{"msgs", "off-cpu-us", "metrics-cpu-ratio", "traced-cpu-ratio", "sampled-cpu-ratio", "sampled-cpu-us"}},
 	{"Middleware", "Middleware CPU cost per call, no broker",
 		[]string{"ns/call", "allocs/call"}},
 }
@@ -214,6 +216,8 @@ var targets = []target{
 	{"Rebalance", "tiered-s < 1 (plain-held-s about hold-s)", below("tiered-s", 1)},
 	{"DLQ", "redrive-ratio >= 0.5", atLeast("redrive-ratio", 0.5)},
 	flatDLQ("list"), flatDLQ("stats"), flatDLQ("export"), flatDLQ("redrive"),
+	{"Observability", "metrics-cpu-ratio >= 0.95", atLeast("metrics-cpu-ratio", 0.95)},
+	{"Observability", "traced-cpu-ratio >= 0.95 (metrics and tracing, 1% sampled)", atLeast("traced-cpu-ratio", 0.95)},
 }
 
 // flatDLQ checks that an operation's peak heap at 1M dead letters is
