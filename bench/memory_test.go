@@ -43,7 +43,7 @@ func BenchmarkMemory(b *testing.B) {
 		return
 	}
 	forEachBackend(b, func(b *testing.B, backend string) {
-		metrics, logs := runMemoryChild(b, backend)
+		metrics, logs := runMemoryChild(b, "BenchmarkMemory", memoryChildEnv, backend)
 		for _, m := range metrics {
 			b.ReportMetric(m.value, m.unit)
 		}
@@ -61,23 +61,23 @@ type metric struct {
 	unit  string
 }
 
-// runMemoryChild measures one backend in a fresh process (this test binary
-// again), so that the idle baseline is a process that did nothing else and
-// no earlier benchmark's memory is in the figures, and returns what it
-// reported.
-func runMemoryChild(b *testing.B, backend string) ([]metric, []string) {
+// runMemoryChild runs benchmark bench for one backend in a fresh process
+// (this test binary again, with env set to the backend), so that the idle
+// baseline is a process that did nothing else and no earlier benchmark's
+// memory is in the figures, and returns what it reported.
+func runMemoryChild(b *testing.B, bench, env, backend string) ([]metric, []string) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^BenchmarkMemory$", "-test.benchtime=1x", "-test.timeout=10m")
-	cmd.Env = append(os.Environ(), memoryChildEnv+"="+backend)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^"+bench+"$", "-test.benchtime=1x", "-test.timeout=10m")
+	cmd.Env = append(os.Environ(), env+"="+backend)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		b.Fatalf("memory benchmark of %s in a child process: %v\n%s", backend, err, out)
+		b.Fatalf("%s of %s in a child process: %v\n%s", bench, backend, err, out)
 	}
 	var metrics []metric
 	var logs []string
 	for line := range strings.SplitSeq(string(out), "\n") {
-		if rest, ok := strings.CutPrefix(line, "BenchmarkMemory"); ok {
+		if rest, ok := strings.CutPrefix(line, bench); ok {
 			fields := strings.Fields(rest)
 			for i := 2; i+1 < len(fields); i += 2 { // after the name suffix and the iteration count
 				v, err := strconv.ParseFloat(fields[i], 64)

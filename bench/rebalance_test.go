@@ -83,7 +83,7 @@ func plainJoin(b *testing.B, rg *rig, hold time.Duration, limit time.Duration) (
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
 	subscribe := func() <-chan *message.Message {
-		sub, err := rg.backend.Subscriber(tiered.SubscribeParams{Group: group, Topic: topic})
+		sub, err := rg.plain(group, topic)
 		if err != nil {
 			b.Fatal(err)
 		}

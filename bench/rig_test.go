@@ -70,6 +70,12 @@ type rig struct {
 	// partition where the broker needs topics created.
 	topic func(base string) string
 
+	// plain returns the subscriber of plain Watermill on this broker, in
+	// consumer group group: watermill-kafka's own subscriber on Kafka (the
+	// backend's is the library's pipelined consumer), the backend's
+	// subscriber elsewhere (watermill-redisstream's, GoChannel).
+	plain func(group, topic string) (message.Subscriber, error)
+
 	brokers []string            // Kafka only
 	admin   sarama.ClusterAdmin // Kafka only
 	redis   *redis.Client       // Redis only
@@ -95,7 +101,10 @@ func memRig(b *testing.B) *rig {
 	backend := memory.New(nil)
 	b.Cleanup(func() { _ = backend.Close() })
 	return &rig{
-		name:    "mem",
+		name: "mem",
+		plain: func(group, topic string) (message.Subscriber, error) {
+			return backend.Subscriber(tiered.SubscribeParams{Group: group, Topic: topic})
+		},
 		backend: backend,
 		batch:   backend.Publisher(),
 		topic:   func(base string) string { return base + "." + shortID() },
@@ -126,7 +135,21 @@ func kafkaRig(b *testing.B, brokers []string, tune func(*sarama.Config)) *rig {
 	}
 	b.Cleanup(func() { _ = producer.Close() })
 	return &rig{
-		name:    "kafka",
+		name: "kafka",
+		plain: func(group, topic string) (message.Subscriber, error) {
+			sc := kafkatest.SaramaConfig()
+			if tune != nil {
+				tune(sc)
+			}
+			sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+			return wkafka.NewSubscriber(wkafka.SubscriberConfig{
+				Brokers:               brokers,
+				Unmarshaler:           wkafka.DefaultMarshaler{},
+				OverwriteSaramaConfig: sc,
+				ConsumerGroup:         group,
+				NackResendSleep:       config.NackResendSleep,
+			}, watermill.NopLogger{})
+		},
 		backend: backend,
 		batch:   kafkaBatch{producer},
 		topic: func(base string) string {
@@ -152,7 +175,10 @@ func redisRig(b *testing.B) *rig {
 	}
 	b.Cleanup(func() { _ = backend.Close() })
 	return &rig{
-		name:    "redis",
+		name: "redis",
+		plain: func(group, topic string) (message.Subscriber, error) {
+			return backend.Subscriber(tiered.SubscribeParams{Group: group, Topic: topic})
+		},
 		backend: backend,
 		batch:   redisBatch{client},
 		topic:   func(base string) string { return redistest.Name(b, "bench."+base) },
@@ -266,12 +292,12 @@ func run(b *testing.B, r *message.Router) func() {
 	return stop
 }
 
-// startPlain runs h on a plain Watermill router with a plain subscriber
-// from the backend, with Watermill middleware mws.
+// startPlain runs h on a plain Watermill router with plain Watermill's
+// subscriber for the broker (rig.plain), with Watermill middleware mws.
 func startPlain(b *testing.B, rg *rig, name, topic string, h message.NoPublishHandlerFunc, mws ...message.HandlerMiddleware) *app {
 	b.Helper()
 	r := newRouter(b)
-	sub, err := rg.backend.Subscriber(tiered.SubscribeParams{Group: name, Topic: topic})
+	sub, err := rg.plain(name, topic)
 	if err != nil {
 		b.Fatal(err)
 	}

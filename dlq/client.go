@@ -29,9 +29,21 @@ type Config struct {
 	Backend tiered.Backend
 }
 
+// unwrap returns the backend that b wraps (pubsub/embedded's Kafka backend
+// wraps a *kafka.Backend, to stop its broker on Close), or b.
+func unwrap(b tiered.Backend) tiered.Backend {
+	for {
+		w, ok := b.(interface{ Unwrap() tiered.Backend })
+		if !ok {
+			return b
+		}
+		b = w.Unwrap()
+	}
+}
+
 // Validate reports every problem with the config without changing it.
 func (c Config) Validate() error {
-	switch c.Backend.(type) {
+	switch unwrap(c.Backend).(type) {
 	case nil:
 		return errors.New("Backend is nil")
 	case *kafka.Backend, *redisstream.Backend:
@@ -63,7 +75,7 @@ func New(config Config, logger watermill.LoggerAdapter) (*Client, error) {
 	}
 	var d driver
 	var err error
-	switch b := config.Backend.(type) {
+	switch b := unwrap(config.Backend).(type) {
 	case *kafka.Backend:
 		d, err = newKafkaDriver(b)
 	case *redisstream.Backend:

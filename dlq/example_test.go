@@ -10,7 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/retry-kafka/retry-kafka/dlq"
-	"github.com/retry-kafka/retry-kafka/pubsub"
+	"github.com/retry-kafka/retry-kafka/pubsub/embedded"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -19,7 +19,7 @@ import (
 // reason, and, once the bug is fixed, redriven to the handler.
 func Example() {
 	ctx := context.Background()
-	backend, err := pubsub.Open(ctx, "kafka://embedded", nil) // kafka://host:9092 or redis://host:6379/0 alike
+	backend, err := embedded.Open(ctx, "kafka://embedded", nil) // kafka://host:9092 or redis://host:6379/0 alike
 	if err != nil {
 		panic(err)
 	}

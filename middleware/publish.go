@@ -108,11 +108,7 @@ func (r *Retry) send(msg *message.Message, delivered context.Context, to *target
 // ([tiered.ErrUnpublishable]) or the subscriber gives msg up. It returns
 // the tries made.
 func (r *Retry) publishRetrying(msg *message.Message, delivered context.Context, to *target, out *message.Message) (int, error) {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = publishRetryFirst
-	b.MaxInterval = publishRetryMax
-	b.MaxElapsedTime = 0
-	b.Reset()
+	var b *backoff.ExponentialBackOff // made at the first failure: most publishes succeed
 	start := time.Now()
 	topic := to.topic
 	for tries := 1; ; tries++ {
@@ -133,6 +129,13 @@ func (r *Retry) publishRetrying(msg *message.Message, delivered context.Context,
 				"topic": topic, "message_uuid": msg.UUID, "tries": tries,
 			})
 			return tries, err
+		}
+		if b == nil {
+			b = backoff.NewExponentialBackOff()
+			b.InitialInterval = publishRetryFirst
+			b.MaxInterval = publishRetryMax
+			b.MaxElapsedTime = 0
+			b.Reset()
 		}
 		wait := b.NextBackOff()
 		fields := watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "tries": tries, "retry_in": wait.String(), "err": err.Error()}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/retry-kafka/retry-kafka/internal/backendurl"
 	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
 	"github.com/retry-kafka/retry-kafka/pubsub/memory"
 	"github.com/retry-kafka/retry-kafka/pubsub/redisstream"
@@ -29,11 +30,15 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (t
 	}
 	scheme, _, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("backend URL %q has no scheme: use mem://, kafka://host:9092 or redis://host:6379/0", rawURL)
+		return nil, fmt.Errorf("backend URL %q has no scheme: use mem://, kafka://host:9092 or redis://host:6379/0", backendurl.Redact(rawURL))
 	}
-	switch scheme {
+	switch strings.ToLower(scheme) {
 	case "mem", "memory":
-		return memory.New(logger), nil
+		b, err := memory.Open(rawURL, logger)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
 	case "kafka":
 		b, err := kafka.Open(ctx, rawURL, logger)
 		if err != nil {
@@ -47,6 +52,6 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (t
 		}
 		return b, nil
 	default:
-		return nil, fmt.Errorf("%w %q in %q: use mem://, kafka://host:9092 or redis://host:6379/0", ErrUnknownScheme, scheme, rawURL)
+		return nil, fmt.Errorf("%w %q in %q: use mem://, kafka://host:9092 or redis://host:6379/0", ErrUnknownScheme, scheme, backendurl.Redact(rawURL))
 	}
 }

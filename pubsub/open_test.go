@@ -49,6 +49,17 @@ func TestOpen_rejectsBadURLs(t *testing.T) {
 		{"unknown scheme", "nats://x", true, []string{`"nats"`, "mem://", "kafka://", "redis://"}},
 		{"another broker's scheme", "amqp://guest@localhost", true, []string{`"amqp"`}},
 		{"no scheme", "localhost:9092", false, []string{`"localhost:9092"`}},
+		{"no scheme, a password", "user:s3cret@localhost:6379", false, []string{`"user:xxxxx@localhost:6379" has no scheme`}},
+		{"unknown scheme, a password", "amqp://guest:s3cret@localhost", true, []string{`"amqp://guest:xxxxx@localhost"`}},
+		{"mem with a host", "mem://localhost", false, []string{`mem URL "mem://localhost": nothing may follow "mem://", found "localhost"`}},
+		{"memory with a host", "memory://x", false, []string{`nothing may follow "memory://"`}},
+		{"mem with a path", "mem:///data", false, []string{`found "/data"`}},
+		{"mem with parameters", "mem://?partitions=3", false, []string{`found "?partitions=3"`, "no host, path or parameters"}},
+		{"mem, unparseable", "mem://%zz", false, []string{`found "%zz"`}},
+		{"mem with a password", "mem://user:s3cret@host", false, []string{`found "user:xxxxx@host"`}},
+		{"redis, unknown parameter", "redis://user:s3cret@127.0.0.1:1/0?partitions=3", false, []string{`redis URL "redis://user:xxxxx@127.0.0.1:1/0?partitions=3": unknown parameter "partitions" (known: `}},
+		{"redis, repeated parameter", "redis://127.0.0.1:1/0?max_len=1&max_len=2", false, []string{`parameter "max_len" is given 2 times`}},
+		{"redis, unparseable", "redis://user:s3cret@%zz", false, []string{`redis URL "redis://user:xxxxx@%zz"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,6 +74,7 @@ func TestOpen_rejectsBadURLs(t *testing.T) {
 			for _, want := range tt.wantText {
 				require.ErrorContains(t, err, want)
 			}
+			require.NotContains(t, err.Error(), "s3cret", "no password in errors")
 		})
 	}
 }

@@ -82,7 +82,8 @@ type Features struct {
 
 // backends returns every backend of the suite. Kafka runs on the brokers of
 // KAFKA_BROKERS or on an embedded kfake broker; Redis on the server
-// internal/redistest finds or starts.
+// internal/redistest finds or starts, and on the Redis Cluster of
+// REDIS_CLUSTER_ADDRS or one it starts.
 func backends() []Backend {
 	return []Backend{
 		{
@@ -151,6 +152,27 @@ func backends() []Backend {
 				},
 			},
 		},
+		{
+			// The same backend on a Redis Cluster of three masters: each
+			// stream of a handler (main, tiers, dead letters) lives on
+			// the master of its own hash slot.
+			Name: "redis-cluster",
+			New:  newRedisCluster,
+			Features: Features{
+				KeepsOrderPerKey:        true, // one stream per tier
+				PersistentAcrossRestart: true,
+				ConsumerGroups:          true,
+				DeliversAfterAck:        true,
+				Watermill: wmtests.Features{
+					ConsumerGroups:                      true,
+					ExactlyOnceDelivery:                 false,
+					GuaranteedOrder:                     true,
+					GuaranteedOrderWithSingleSubscriber: true,
+					Persistent:                          true,
+					NewSubscriberReceivesOldMessages:    false,
+				},
+			},
+		},
 	}
 }
 
@@ -186,7 +208,18 @@ func newKafka(t *testing.T) tiered.Backend {
 }
 
 func newRedis(t *testing.T) tiered.Backend {
-	client := redis.NewClient(&redis.Options{Addr: redistest.Addr(t)})
+	return newRedisOn(t, redis.NewClient(&redis.Options{Addr: redistest.Addr(t)}))
+}
+
+// newRedisCluster runs the Redis backend on the cluster of
+// REDIS_CLUSTER_ADDRS, or on three masters that internal/redistest starts
+// for this test binary (see TestMain).
+func newRedisCluster(t *testing.T) tiered.Backend {
+	return newRedisOn(t, redis.NewClusterClient(&redis.ClusterOptions{Addrs: redistest.ClusterAddrs(t)}))
+}
+
+// newRedisOn returns a Redis backend on client, closing both when t ends.
+func newRedisOn(t *testing.T, client redis.UniversalClient) tiered.Backend {
 	t.Cleanup(func() { _ = client.Close() })
 	b, err := redisstream.New(context.Background(), redisstream.Config{
 		Client: client,

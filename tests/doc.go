@@ -22,6 +22,12 @@
 //     internal/redistest (REDIS_ADDR, else 127.0.0.1:6379, else
 //     redis-server from PATH), with a short claim idle time (2s) so that
 //     entries left pending by a closed router come back within a test.
+//   - redis-cluster: the same on a Redis Cluster client: the nodes of
+//     REDIS_CLUSTER_ADDRS, else three masters that internal/redistest
+//     starts once for the test binary (redis-server --cluster-enabled yes,
+//     redis-cli --cluster create) and stops when its tests end (TestMain).
+//     A handler's main, tier and dead-letter streams land on whichever
+//     masters their names hash to.
 //
 // # Features
 //

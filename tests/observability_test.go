@@ -188,7 +188,7 @@ func TestTracing_oneTraceAcrossHops(t *testing.T) {
 			return len(spans) == len(names)
 		})
 
-		system := map[string]string{"mem": "memory", "kafka": "kafka", "redis": "redis"}[b.Name]
+		system := map[string]string{"mem": "memory", "kafka": "kafka", "redis": "redis", "redis-cluster": "redis"}[b.Name]
 		first := spans[names[0]]
 		require.Equal(t, producer.SpanContext().SpanID(), first.Parent.SpanID())
 		for i, name := range names {

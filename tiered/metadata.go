@@ -54,6 +54,16 @@ const (
 	// and dead-letter records are written with this key.
 	KeyKafkaKey = "retry_kafka_key"
 
+	// KeyRedisStream is the stream the message was first consumed from
+	// (Redis only): the handler's own topic for a message that failed, or
+	// the stream an undecodable entry was read from, for its dead-letter
+	// copy.
+	KeyRedisStream = "retry_redis_stream"
+	// KeyRedisEntryID is the ID of the stream entry the message was first
+	// consumed as, "1700000000000-0" (Redis only). With [KeyRedisStream]
+	// it finds the original: XRANGE {stream} {id} {id}.
+	KeyRedisEntryID = "retry_redis_entry_id"
+
 	// KeyRedriveCount is how many times the message was redriven from a
 	// dead-letter topic back into its handler (by the dlq package or
 	// retryctl). Unlike the retry keys it is not removed by [ClearInfo]:
@@ -191,10 +201,11 @@ func ClearUntrusted(md message.Metadata) {
 }
 
 // originKeys are the keys that [ClearOrigin] removes.
-var originKeys = [...]string{KeyKafkaPartition, KeyKafkaOffset, KeyKafkaTimestamp, KeyKafkaKey}
+var originKeys = [...]string{KeyKafkaPartition, KeyKafkaOffset, KeyKafkaTimestamp, KeyKafkaKey, KeyRedisStream, KeyRedisEntryID}
 
 // ClearOrigin removes the keys that record where a message was first
-// consumed ([KeyKafkaPartition] and friends). The retry middleware clears
+// consumed ([KeyKafkaPartition] and friends, [KeyRedisStream],
+// [KeyRedisEntryID]). The retry middleware clears
 // them, like the retry keys, before a message's first hop: a backend then
 // records the true origin of the record it consumed, never a forged one.
 func ClearOrigin(md message.Metadata) {

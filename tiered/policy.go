@@ -171,8 +171,11 @@ func (p Policy) Tiers() int {
 // Topics.Tiers[tier-1]) that a message enters after attempt failed, and
 // false when no attempts are left.
 func (p Policy) TierFor(attempt int) (int, bool) {
-	p = p.WithDefaults()
-	if attempt >= p.MaxAttempts || len(p.Delays) == 0 {
+	maxAttempts := p.MaxAttempts // the default, without copying Delays as WithDefaults does
+	if maxAttempts == 0 {
+		maxAttempts = len(p.Delays) + 1
+	}
+	if attempt >= maxAttempts || len(p.Delays) == 0 {
 		return 0, false
 	}
 	return min(max(attempt, 1), len(p.Delays)), true

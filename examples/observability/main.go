@@ -56,7 +56,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/retry-kafka/retry-kafka/dlq"
-	"github.com/retry-kafka/retry-kafka/pubsub"
+	"github.com/retry-kafka/retry-kafka/pubsub/embedded"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -127,7 +127,7 @@ func run(ctx context.Context, o options) error {
 	if strings.HasPrefix(brokerURL, "kafka://") && !strings.Contains(brokerURL, "?") && brokerURL != "kafka://embedded" {
 		brokerURL += "?create_topics=true" // a fresh topic per run
 	}
-	backend, err := pubsub.Open(ctx, brokerURL, logger)
+	backend, err := embedded.Open(ctx, brokerURL, logger) // kafka://embedded, or any URL pubsub.Open takes
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/retry-kafka/retry-kafka/dlq"
-	"github.com/retry-kafka/retry-kafka/pubsub"
+	"github.com/retry-kafka/retry-kafka/pubsub/embedded"
 	"github.com/retry-kafka/retry-kafka/router"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
@@ -77,7 +77,7 @@ func run(ctx context.Context, brokerURL string, verbose bool) error {
 	if strings.HasPrefix(brokerURL, "kafka://") && !strings.Contains(brokerURL, "?") && brokerURL != "kafka://embedded" {
 		brokerURL += "?create_topics=true"
 	}
-	backend, err := pubsub.Open(ctx, brokerURL, logger)
+	backend, err := embedded.Open(ctx, brokerURL, logger) // kafka://embedded, or any URL pubsub.Open takes
 	if err != nil {
 		return err
 	}

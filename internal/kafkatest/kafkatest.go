@@ -9,6 +9,7 @@
 package kafkatest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -44,7 +45,15 @@ func Start(t testing.TB) Env {
 		}
 		return Env{Brokers: strings.Split(v, ",")}
 	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	return StartEmbedded(t)
+}
+
+// StartEmbedded starts a kfake broker that is stopped when the test ends,
+// whatever KAFKA_BROKERS says: for tests that inject faults with kfake's
+// ControlKey (a real broker cannot be told to fail a produce request).
+func StartEmbedded(t testing.TB, opts ...kfake.Opt) Env {
+	t.Helper()
+	cluster, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.AllowAutoTopicCreation()}, opts...)...)
 	if err != nil {
 		t.Fatalf("start embedded kafka (kfake): %v", err)
 	}
@@ -78,6 +87,7 @@ func (e Env) Config() kafka.Config {
 		CreateTopics:      true,
 		ReplicationFactor: e.replicationFactor(),
 		NackResendSleep:   50 * time.Millisecond,
+		DrainTimeout:      5 * time.Second,
 	}
 }
 
@@ -109,7 +119,9 @@ func envReplicationFactor() (int16, error) {
 // New opens a backend with config, closed when the test ends.
 func New(t testing.TB, config kafka.Config) *kafka.Backend {
 	t.Helper()
-	b, err := kafka.New(config, watermill.NopLogger{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := kafka.New(ctx, config, watermill.NopLogger{})
 	if err != nil {
 		t.Fatalf("kafka backend on %v: %v (start a broker with scripts/kafka.sh, or unset KAFKA_BROKERS to use the embedded one)", config.Brokers, err)
 	}

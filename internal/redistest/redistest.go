@@ -1,4 +1,5 @@
-// Package redistest gives tests a real Redis server.
+// Package redistest gives tests a real Redis server, or a real Redis
+// Cluster.
 //
 // [Addr] returns the address of a server to test against, in this order:
 // the REDIS_ADDR environment variable; a server already answering PING on
@@ -6,6 +7,13 @@
 // port, with persistence off, in a temporary directory, and kills when the
 // test ends. It never skips a test: with no server to use it fails the test
 // and says how to get one.
+//
+// [ClusterAddrs] does the same for a Redis Cluster: the nodes named by
+// REDIS_CLUSTER_ADDRS, else three masters (redis-server --cluster-enabled
+// yes on free ports, joined by redis-cli --cluster create) that the tests
+// of a package share and [Main] stops. [StartCluster] starts a cluster of
+// a test's own, with replicas if asked, whose nodes the test may kill and
+// restart.
 //
 // A server may be shared (REDIS_ADDR, port 6379), so tests name their
 // streams with [Name], and delete what matches [Pattern] when they end.
@@ -118,48 +126,106 @@ func startOnce(t testing.TB, bin string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := t.TempDir()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	output := &lockedWriter{w: &bytes.Buffer{}}
-	cmd := exec.Command(bin,
-		"--port", strconv.Itoa(port),
+	s, err := launch(bin, t.TempDir(), port)
+	if err != nil {
+		return "", err
+	}
+	t.Cleanup(s.kill)
+	return s.addr, nil
+}
+
+// server is a redis-server process started by this package.
+type server struct {
+	bin    string
+	dir    string
+	port   int
+	addr   string
+	args   []string
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has exited
+	output *lockedWriter
+}
+
+// launch starts redis-server on 127.0.0.1:port with persistence off and
+// its files in dir, plus args, and waits until it answers PING.
+func launch(bin, dir string, port int, args ...string) (*server, error) {
+	s := &server{
+		bin:  bin,
+		dir:  dir,
+		port: port,
+		addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		args: args,
+	}
+	return s, s.start()
+}
+
+// start runs the process and waits until it answers PING.
+func (s *server) start() error {
+	s.output = &lockedWriter{w: &bytes.Buffer{}}
+	args := append([]string{
+		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
-		"--dir", dir,
+		"--dir", s.dir,
 		"--logfile", "",
 		"--daemonize", "no",
-	)
-	cmd.Dir = dir
-	cmd.Stdout = output
-	cmd.Stderr = output
+	}, s.args...)
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.dir
+	cmd.Stdout = s.output
+	cmd.Stderr = s.output
 	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
+	s.cmd = cmd
+	s.exited = make(chan struct{})
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		close(s.exited)
+	}()
 
 	deadline := time.Now().Add(startTimeout)
 	for {
-		if ping(addr, 200*time.Millisecond) == nil {
-			t.Cleanup(stop)
-			return addr, nil
+		if ping(s.addr, 200*time.Millisecond) == nil {
+			return nil
 		}
 		select {
-		case err := <-exited:
-			exited <- err
-			return "", fmt.Errorf("redis-server on port %d exited (%v): %s", port, err, output.String())
+		case <-s.exited:
+			return fmt.Errorf("redis-server on port %d exited (%v): %s", s.port, waitErr, s.output.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return "", fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", port, startTimeout, output.String())
+			s.kill()
+			return fmt.Errorf("redis-server on port %d did not answer PING within %v: %s", s.port, startTimeout, s.output.String())
 		}
+	}
+}
+
+// kill sends SIGKILL (no shutdown, no last save: a crash) and waits until
+// the process has exited. It does nothing to a server that is not running.
+func (s *server) kill() {
+	if s.cmd == nil {
+		return
+	}
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// running reports whether the process is still alive.
+func (s *server) running() bool {
+	select {
+	case <-s.exited:
+		return false
+	default:
+		return s.cmd != nil
 	}
 }
 

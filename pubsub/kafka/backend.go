@@ -4,34 +4,45 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
 // Backend is the Kafka backend. It implements [tiered.Backend].
+//
+// It holds one Sarama client with one idempotent producer (for the
+// application's publishes and every tier and dead-letter copy) and the
+// admin, which shares that client. Each subscription has a client of its
+// own: a consumer group's requests (a JoinGroup waits for the whole
+// rebalance, a fetch for up to MaxWaitTime) would stall every other group
+// sharing its connection.
 type Backend struct {
-	config Config
-	logger watermill.LoggerAdapter
-	pub    *wkafka.Publisher
+	config   Config
+	logger   watermill.LoggerAdapter
+	client   sarama.Client
+	producer *producer
 
-	mu      sync.Mutex
-	admin   sarama.ClusterAdmin
-	closed  bool
-	onClose func()
+	mu          sync.Mutex
+	admin       sarama.ClusterAdmin
+	appendTimes map[string]bool // tier topic: whether its timestamps are LogAppendTime
+	closed      bool
 
 	inspect inspector // ListTopics and Lag (inspect.go)
 }
 
 var _ tiered.Backend = (*Backend)(nil)
 
-// New connects a publisher to the brokers and returns the backend.
-func New(config Config, logger watermill.LoggerAdapter) (*Backend, error) {
+// New connects to the brokers and returns the backend. It returns when the
+// brokers answered or ctx ended, whichever comes first: against brokers
+// that do not answer (a hung broker, a wrong port) the error wraps
+// [ErrNoAnswer] and ctx's error.
+func New(ctx context.Context, config Config, logger watermill.LoggerAdapter) (*Backend, error) {
 	if err := config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
@@ -39,134 +50,86 @@ func New(config Config, logger watermill.LoggerAdapter) (*Backend, error) {
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	pub, err := wkafka.NewPublisher(wkafka.PublisherConfig{
-		Brokers:               config.Brokers,
-		Marshaler:             marshaler{partitionKey: config.PartitionKey},
-		OverwriteSaramaConfig: config.saramaConfig(),
-	}, logger)
-	if err != nil {
-		return nil, fmt.Errorf("kafka publisher for %v: %w", config.Brokers, err)
+	b := &Backend{config: config, logger: logger, appendTimes: map[string]bool{}}
+	type conn struct {
+		client   sarama.Client
+		producer *producer
 	}
-	return &Backend{config: config, logger: logger, pub: pub}, nil
+	c, err := await(ctx, func() (conn, error) {
+		client, err := sarama.NewClient(config.Brokers, config.producerConfig())
+		if err != nil {
+			return conn{}, err
+		}
+		p, err := newProducer(client, marshaler{partitionKey: config.PartitionKey}, logger)
+		if err != nil {
+			_ = client.Close()
+			return conn{}, fmt.Errorf("idempotent producer: %w", err)
+		}
+		return conn{client, p}, nil
+	}, func(c conn) {
+		_ = c.producer.close()
+		_ = c.client.Close()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to kafka %v: %w", config.Brokers, err)
+	}
+	b.client, b.producer = c.client, c.producer
+	return b, nil
 }
 
-// Publisher returns the shared synchronous publisher: Publish returns once
-// every in-sync replica has the record.
-func (b *Backend) Publisher() message.Publisher { return publisher{b.pub} }
+// Open opens the backend a URL names (see [ParseURL]), honouring ctx as
+// [New] does. kafka://embedded is served by package pubsub/embedded, not
+// here.
+func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (*Backend, error) {
+	config, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(config.Brokers, embeddedHost) {
+		return nil, fmt.Errorf("kafka URL %q: %w", rawURL, errEmbedded)
+	}
+	return New(ctx, config, logger)
+}
+
+// Publisher returns the shared publisher. Publish returns once every
+// in-sync replica has the records, with an error wrapping
+// [tiered.ErrUnpublishable] when publishing them again cannot succeed (too
+// large, unknown or invalid topic, not authorized, rejected by policy or
+// config).
+//
+// One exception makes the pipelined consumer work: a tier or dead-letter
+// copy of a message this backend consumed (the same UUID, with retry
+// metadata, published with the message's context or one that keeps its
+// values, as the retry middleware does) is produced asynchronously, and
+// Publish returns at once. The consumed record then stays unresolved, and
+// its offset uncommitted, until the copy is confirmed; a copy that fails
+// is produced again, or replaced by a dead-letter stub when it can never
+// be published (see the package doc).
+func (b *Backend) Publisher() message.Publisher { return publisher{b} }
 
 // Subscriber returns a subscriber in consumer group
-// ConsumerGroupPrefix+params.Group: watermill-kafka's for a main topic, the
-// session-aware tier subscriber for a tier (params.Delay > 0).
+// ConsumerGroupPrefix+params.Group, session-aware and pipelined, for a
+// handler's own topic (params.Delay == 0) and for a tier (params.Delay > 0)
+// alike; see the package doc.
 func (b *Backend) Subscriber(params tiered.SubscribeParams) (message.Subscriber, error) {
 	if params.Group == "" {
 		return nil, errors.New("empty consumer group")
 	}
-	group := b.config.ConsumerGroupPrefix + params.Group
-	if params.Delay > 0 {
-		return &tierSubscriber{
-			brokers: b.config.Brokers,
-			group:   group,
-			config:  b.config.saramaConfig(),
-			resend:  b.config.NackResendSleep,
-			logger:  b.logger,
-			closing: make(chan struct{}),
-		}, nil
+	if params.Delay < 0 {
+		return nil, fmt.Errorf("negative tier delay %v", params.Delay)
 	}
-	return wkafka.NewSubscriber(wkafka.SubscriberConfig{
-		Brokers:               b.config.Brokers,
-		Unmarshaler:           wkafka.DefaultMarshaler{},
-		OverwriteSaramaConfig: b.config.saramaConfig(),
-		ConsumerGroup:         group,
-		NackResendSleep:       b.config.NackResendSleep,
-	}, b.logger)
-}
-
-// Prepare checks the main topic (creating it when Config.CreateTopics
-// allows) and creates each missing tier and dead-letter topic with the main
-// topic's partition count. Topics that exist are left as they are.
-
-func (b *Backend) Prepare(ctx context.Context, topics tiered.Topics) error {
-	admin, err := b.clusterAdmin()
-	if err != nil {
-		return err
-	}
-	partitions, err := b.partitions(admin, topics.Main)
-	if err != nil {
-		return err
-	}
-	if partitions == 0 {
-		if !b.config.CreateTopics {
-			return fmt.Errorf("main topic %q does not exist on %v: create it, or set Config.CreateTopics (create_topics=true in the URL)", topics.Main, b.config.Brokers)
-		}
-		partitions = b.config.MainTopicPartitions
-		if err := b.create(admin, topics.Main, partitions); err != nil {
-			return err
-		}
-	}
-	for _, t := range append(append([]string(nil), topics.Tiers...), topics.DLQ) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := b.create(admin, t, partitions); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// partitions returns the partition count of topic, 0 when it does not
-// exist.
-func (b *Backend) partitions(admin sarama.ClusterAdmin, topic string) (int32, error) {
-	meta, err := admin.DescribeTopics([]string{topic})
-	if err != nil {
-		return 0, fmt.Errorf("describe topic %q: %w", topic, err)
-	}
-	for _, m := range meta {
-		if m.Name != topic {
-			continue
-		}
-		switch {
-		case errors.Is(m.Err, sarama.ErrUnknownTopicOrPartition):
-			return 0, nil
-		case m.Err != sarama.ErrNoError:
-			return 0, fmt.Errorf("describe topic %q: %w", topic, m.Err)
-		}
-		return int32(len(m.Partitions)), nil
-	}
-	return 0, nil
-}
-
-func (b *Backend) create(admin sarama.ClusterAdmin, topic string, partitions int32) error {
-	err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: b.config.ReplicationFactor}, false)
-	if err == nil {
-		b.logger.Info("Created Kafka topic", watermill.LogFields{"topic": topic, "partitions": partitions})
-		return nil
-	}
-	if errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		return nil
-	}
-	return fmt.Errorf("create topic %q: %w", topic, err)
-}
-
-func (b *Backend) clusterAdmin() (sarama.ClusterAdmin, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil, errors.New("backend closed")
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
 	}
-	if b.admin == nil {
-		admin, err := sarama.NewClusterAdmin(b.config.Brokers, b.config.saramaConfig())
-		if err != nil {
-			return nil, fmt.Errorf("kafka admin for %v: %w", b.config.Brokers, err)
-		}
-		b.admin = admin
-	}
-	return b.admin, nil
+	return b.newSubscriber(params), nil
 }
 
-// Close closes the publisher and the admin client (and the embedded broker
-// of [NewEmbedded]). Subscribers are closed by their owners. It is safe to
-// call more than once.
+// Close closes the producer (after the copies it holds were confirmed or
+// failed) and the client. Subscribers are closed by their owners, before.
+// It is safe to call more than once.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -174,26 +137,22 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	var errs []error
-	if b.admin != nil {
-		errs = append(errs, b.admin.Close())
-	}
-	errs = append(errs, b.inspect.close())
-	errs = append(errs, b.pub.Close())
-	if b.onClose != nil {
-		b.onClose()
-	}
-	return errors.Join(errs...)
+	return errors.Join(b.inspect.close(), b.producer.close(), b.client.Close())
 }
 
 // Brokers returns the bootstrap addresses the backend uses.
 func (b *Backend) Brokers() []string { return append([]string(nil), b.config.Brokers...) }
 
-// publisher keeps callers from closing the shared publisher.
-type publisher struct{ pub *wkafka.Publisher }
+// publisher keeps callers from closing the shared producer.
+type publisher struct{ b *Backend }
 
 func (p publisher) Publish(topic string, msgs ...*message.Message) error {
-	return p.pub.Publish(topic, msgs...)
+	if len(msgs) == 1 {
+		if d := deliveryOf(msgs[0].Context()); d != nil && d.c.s.b == p.b && d.isCopy(msgs[0]) && d.copyAsync(topic, msgs[0]) {
+			return nil
+		}
+	}
+	return p.b.producer.publish(topic, msgs)
 }
 
 func (publisher) Close() error { return nil }

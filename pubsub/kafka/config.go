@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,9 +21,8 @@ type Config struct {
 	Brokers []string
 
 	// Sarama is the base client config; the backend copies it for each
-	// client and then sets what correctness needs: consumer groups start
-	// at the oldest offset, the producer waits for all in-sync replicas
-	// and returns successes.
+	// client and then sets what correctness needs (see
+	// [DefaultSaramaConfig] for the list).
 	//
 	// Optional. Defaults to [DefaultSaramaConfig].
 	Sarama *sarama.Config
@@ -45,7 +45,9 @@ type Config struct {
 	// Optional. Defaults to 1.
 	MainTopicPartitions int32
 
-	// ReplicationFactor of the topics Prepare creates.
+	// ReplicationFactor of the topics Prepare creates. Tier and
+	// dead-letter topics are created with min.insync.replicas set from
+	// it (see [Backend.Prepare]).
 	//
 	// Optional. Defaults to -1, the broker's default.replication.factor.
 	ReplicationFactor int16
@@ -58,12 +60,58 @@ type Config struct {
 	// Optional. Defaults to no key.
 	PartitionKey wkafka.GeneratePartitionKey
 
+	// Unmarshaler turns a main topic's records into messages, like
+	// watermill-kafka's SubscriberConfig.Unmarshaler. A record it cannot
+	// unmarshal is sent to the handler's dead-letter topic, raw, with the
+	// reason (a record this library wrote, read back from a dead-letter
+	// topic, is read with the DefaultMarshaler instead). A message it returns without a UUID gets one derived from
+	// where the record was first consumed (tiered.OriginUUID("kafka",
+	// topic, partition, offset)), kept on every hop. Tier and dead-letter
+	// topics, which this library writes, are always read with
+	// watermill-kafka's DefaultMarshaler.
+	//
+	// Optional. Defaults to watermill-kafka's DefaultMarshaler.
+	Unmarshaler wkafka.Unmarshaler
+
+	// PartitionWindow bounds, per partition, how far a consumer reads
+	// ahead of its oldest unresolved record: a record is resolved when
+	// the handler is done with it and, if it failed, its tier or
+	// dead-letter copy is broker-confirmed. Offsets are committed up to
+	// the oldest unresolved record, so after a crash at most about
+	// PartitionWindow records (plus those resolved since the last commit)
+	// are handled again, and at most PartitionWindow copies per partition
+	// are held in memory until confirmed. Copies are produced while the
+	// partition moves on; a full window waits for them. The window must
+	// cover the main topic's rate times a copy's confirmation time: 256
+	// was too small on a real broker at 100,000 messages a second, 1024
+	// was not (BENCHMARKS.md, figure 9). Lower it for large messages, or
+	// to bound duplicates more tightly.
+	//
+	// Optional. Defaults to 1024.
+	PartitionWindow int
+
+	// DrainTimeout bounds how long a consumer whose session or
+	// subscription ends (Close, the subscription's context, a rebalance
+	// that takes its partitions) waits for the messages it handed on to
+	// be acked and their copies confirmed before it commits and lets
+	// them go. Messages still unresolved then have their context
+	// cancelled and are delivered again, to whoever owns the partition
+	// next. Keep it below Sarama's Consumer.Group.Rebalance.Timeout.
+	//
+	// Optional. Defaults to 10s.
+	DrainTimeout time.Duration
+
 	// NackResendSleep is the pause before a Nacked message is delivered
-	// again (a failed tier publish, say).
+	// again.
 	//
 	// Optional. Defaults to 500ms.
 	NackResendSleep time.Duration
 }
+
+// DefaultPartitionWindow is the default of [Config.PartitionWindow].
+const DefaultPartitionWindow = 1024
+
+const defaultDrainTimeout = 10 * time.Second
 
 func (c *Config) setDefaults() {
 	if c.Sarama == nil {
@@ -74,6 +122,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = -1
+	}
+	if c.Unmarshaler == nil {
+		c.Unmarshaler = wkafka.DefaultMarshaler{}
+	}
+	if c.PartitionWindow == 0 {
+		c.PartitionWindow = DefaultPartitionWindow
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = defaultDrainTimeout
 	}
 	if c.NackResendSleep == 0 {
 		c.NackResendSleep = 500 * time.Millisecond
@@ -87,8 +144,11 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("Brokers is empty"))
 	}
 	for i, b := range c.Brokers {
-		if strings.TrimSpace(b) == "" {
+		switch {
+		case strings.TrimSpace(b) == "":
 			errs = append(errs, fmt.Errorf("Brokers[%d] is empty", i))
+		case b == embeddedHost:
+			errs = append(errs, errEmbedded)
 		}
 	}
 	if c.MainTopicPartitions < 0 {
@@ -96,6 +156,12 @@ func (c Config) Validate() error {
 	}
 	if c.ReplicationFactor < -1 {
 		errs = append(errs, fmt.Errorf("ReplicationFactor is %d, must be positive or -1", c.ReplicationFactor))
+	}
+	if c.PartitionWindow < 0 {
+		errs = append(errs, fmt.Errorf("PartitionWindow is %d, must be positive", c.PartitionWindow))
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("DrainTimeout is %v, must not be negative", c.DrainTimeout))
 	}
 	if c.NackResendSleep < 0 {
 		errs = append(errs, fmt.Errorf("NackResendSleep is %v, must not be negative", c.NackResendSleep))
@@ -105,12 +171,32 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("Sarama: %w", err))
 		}
 	}
+	drain, rebalance := c.DrainTimeout, DefaultSaramaConfig().Consumer.Group.Rebalance.Timeout
+	if drain == 0 {
+		drain = defaultDrainTimeout
+	}
+	if c.Sarama != nil {
+		rebalance = c.Sarama.Consumer.Group.Rebalance.Timeout
+	}
+	if drain >= rebalance {
+		errs = append(errs, fmt.Errorf("DrainTimeout (%v) must be below Sarama's Consumer.Group.Rebalance.Timeout (%v): a consumer draining its partitions in a rebalance would be dropped from its group", drain, rebalance))
+	}
 	return errors.Join(errs...)
 }
 
 // DefaultSaramaConfig is the Sarama config the backend starts from: a
 // protocol version every Kafka from 3.0 on speaks, a 1 s heartbeat and
 // 10 s session so a rebalance is noticed quickly, and a 250 ms fetch wait.
+//
+// Whatever the base config, the backend then sets what correctness needs:
+// consumer groups start at the oldest offset and return their errors; the
+// producer is idempotent (so its own retries never write a record twice),
+// waits for every in-sync replica (acks=all), retries at least 10 times and
+// returns successes and errors; Net.MaxOpenRequests is 1 on the producer's
+// client, as the idempotent producer requires. Offsets are committed by
+// the backend itself, every Consumer.Offsets.AutoCommit.Interval and when a
+// session ends, whether AutoCommit.Enable is on or off (with it off, the
+// backend calls Commit itself).
 func DefaultSaramaConfig() *sarama.Config {
 	c := sarama.NewConfig()
 	c.Version = sarama.V3_0_0_0
@@ -123,34 +209,88 @@ func DefaultSaramaConfig() *sarama.Config {
 	return c
 }
 
-// saramaConfig copies the base config and sets what correctness needs.
-func (c Config) saramaConfig() *sarama.Config {
+// consumerConfig copies the base config for a consumer group's client.
+func (c Config) consumerConfig() *sarama.Config {
 	s := *c.Sarama
 	s.Consumer.Offsets.Initial = sarama.OffsetOldest
 	s.Consumer.Return.Errors = true
+	return &s
+}
+
+// producerConfig copies the base config for the producer's client (which
+// the admin shares).
+func (c Config) producerConfig() *sarama.Config {
+	s := *c.Sarama
 	s.Producer.Return.Successes = true
 	s.Producer.Return.Errors = true
 	s.Producer.RequiredAcks = sarama.WaitForAll
+	s.Producer.Idempotent = true
+	s.Net.MaxOpenRequests = 1
 	if s.Producer.Retry.Max < 10 {
 		s.Producer.Retry.Max = 10
 	}
+	if !s.Version.IsAtLeast(sarama.V0_11_0_0) {
+		s.Version = sarama.V0_11_0_0
+	}
 	return &s
 }
+
+// saramaConfig is a config for tools that talk to the same cluster (see
+// [Backend.SaramaConfig]): the producer's, with new groups starting at the
+// oldest offset.
+func (c Config) saramaConfig() *sarama.Config {
+	s := c.producerConfig()
+	s.Consumer.Offsets.Initial = sarama.OffsetOldest
+	s.Consumer.Return.Errors = true
+	return s
+}
+
+// embeddedHost is the host of kafka://embedded, which package
+// pubsub/embedded serves.
+const embeddedHost = "embedded"
+
+// EmbeddedURL names the in-process broker that package
+// github.com/retry-kafka/retry-kafka/pubsub/embedded starts. This package
+// does not serve it (so that it never links a fake broker); [Open] and
+// [New] refuse it with [errEmbedded]'s explanation.
+const EmbeddedURL = "kafka://" + embeddedHost
+
+var errEmbedded = errors.New(`"embedded" is not a broker address: kafka://embedded is served by package github.com/retry-kafka/retry-kafka/pubsub/embedded (embedded.Open), which links an in-process broker; this package does not`)
+
+// urlParams are the parameters [ParseURL] knows, in the order its errors
+// list them.
+var urlParams = []string{"group_prefix", "create_topics", "partitions", "replication_factor"}
 
 // ParseURL reads a Config from a URL:
 //
 //	kafka://host:9092,host2:9092?group_prefix=app.&create_topics=true&partitions=3&replication_factor=3
 //
-// "kafka://embedded" is not a Config; [Open] handles it.
+// Each parameter may be given once; an unknown or repeated parameter, a
+// user, a path or an unparseable URL is an error that names the problem.
+// "kafka://embedded" parses to the broker "embedded", which only package
+// pubsub/embedded serves.
 func ParseURL(rawURL string) (Config, error) {
-	rest, ok := strings.CutPrefix(rawURL, "kafka://")
-	if !ok {
+	if !strings.HasPrefix(rawURL, "kafka://") {
 		return Config{}, fmt.Errorf("kafka URL %q must start with kafka://", rawURL)
 	}
-	hosts, query, _ := strings.Cut(rest, "?")
-	hosts = strings.TrimSuffix(hosts, "/")
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return Config{}, fmt.Errorf("kafka URL %q cannot be parsed: %w", rawURL, err)
+	}
+	switch {
+	case u.User != nil:
+		return Config{}, fmt.Errorf("kafka URL %q: a user is not supported in the URL; set Config.Sarama.Net.SASL", redact(u))
+	case u.Path != "" && u.Path != "/":
+		return Config{}, fmt.Errorf("kafka URL %q: unexpected path %q (topics are not part of the URL)", rawURL, u.Path)
+	case u.Fragment != "":
+		return Config{}, fmt.Errorf("kafka URL %q: unexpected fragment %q", rawURL, u.Fragment)
+	}
 	var c Config
-	for _, h := range strings.Split(hosts, ",") {
+	for h := range strings.SplitSeq(u.Host, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			c.Brokers = append(c.Brokers, h)
 		}
@@ -158,12 +298,24 @@ func ParseURL(rawURL string) (Config, error) {
 	if len(c.Brokers) == 0 {
 		return Config{}, fmt.Errorf("kafka URL %q names no broker: use kafka://host:9092", rawURL)
 	}
-	q, err := url.ParseQuery(query)
+	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return Config{}, fmt.Errorf("kafka URL %q: %w", rawURL, err)
+		return Config{}, fmt.Errorf("kafka URL %q: bad query: %w", rawURL, err)
 	}
-	for k, vs := range q {
-		v := vs[len(vs)-1]
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		vs := q[k]
+		if !slices.Contains(urlParams, k) {
+			return Config{}, fmt.Errorf("kafka URL %q: unknown parameter %q (known: %s)", rawURL, k, strings.Join(urlParams, ", "))
+		}
+		if len(vs) > 1 {
+			return Config{}, fmt.Errorf("kafka URL %q: parameter %q is given %d times; give it once", rawURL, k, len(vs))
+		}
+		v := vs[0]
 		switch k {
 		case "group_prefix":
 			c.ConsumerGroupPrefix = v
@@ -183,9 +335,12 @@ func ParseURL(rawURL string) (Config, error) {
 				return Config{}, fmt.Errorf("kafka URL %q: replication_factor=%q is not a positive integer or -1", rawURL, v)
 			}
 			c.ReplicationFactor = int16(n)
-		default:
-			return Config{}, fmt.Errorf("kafka URL %q: unknown parameter %q (known: group_prefix, create_topics, partitions, replication_factor)", rawURL, k)
 		}
 	}
 	return c, nil
+}
+
+// redact returns u without its password, for error messages.
+func redact(u *url.URL) string {
+	return u.Redacted()
 }

@@ -14,8 +14,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/retry-kafka/retry-kafka/internal/kafkatest"
 	"github.com/retry-kafka/retry-kafka/pubsub/kafka"
@@ -39,16 +37,23 @@ type harness struct {
 	handler *router.Handler
 	router  *message.Router
 
+	stop func()
+
 	mu    sync.Mutex
 	calls []call
 	dead  []*message.Message
 }
 
-func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy tiered.Policy, fn func(msg *message.Message, attempt int) error) *harness {
+// newHarness starts the router; setup functions run on it before the
+// handler is added (router-level middleware, say).
+func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy tiered.Policy, fn func(msg *message.Message, attempt int) error, setup ...func(*message.Router)) *harness {
 	t.Helper()
 	h := &harness{t: t, backend: backend, topic: topic}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 	require.NoError(t, err)
+	for _, f := range setup {
+		f(r)
+	}
 	retrying, err := router.New(router.Config{Backend: backend, Policy: policy}, nil)
 	require.NoError(t, err)
 	attempts := map[string]int{}
@@ -62,7 +67,7 @@ func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy
 		return fn(msg, n)
 	})
 	require.NoError(t, err)
-	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: name + ".dlq-reader", Topic: h.handler.Topics.DLQ})
+	dlqSub, err := backend.Subscriber(tiered.SubscribeParams{Group: h.handler.Topics.DLQ + ".reader", Topic: h.handler.Topics.DLQ})
 	require.NoError(t, err)
 	r.AddConsumerHandler(name+".dlq-reader", h.handler.Topics.DLQ, dlqSub, func(msg *message.Message) error {
 		h.mu.Lock()
@@ -82,11 +87,15 @@ func (h *harness) run() {
 		defer close(done)
 		_ = h.router.Run(ctx)
 	}()
-	h.t.Cleanup(func() {
-		_ = h.router.Close()
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			_ = h.router.Close()
+			cancel()
+			<-done
+		})
+	}
+	h.t.Cleanup(h.stop)
 	select {
 	case <-h.router.Running():
 	case <-time.After(30 * time.Second):
@@ -123,6 +132,20 @@ func (h *harness) waitCalls(n int) []call {
 		return len(calls) >= n
 	}, 60*time.Second, 20*time.Millisecond, "waiting for %d handler calls", n)
 	return calls
+}
+
+// waitTierCall waits until the message uuid was handled from tier.
+func (h *harness) waitTierCall(uuid, tier string) {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool {
+		calls, _ := h.snapshot()
+		for _, c := range calls {
+			if c.uuid == uuid && c.topic == tier {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 20*time.Millisecond, "waiting for %s on %s", uuid, tier)
 }
 
 func topicsOf(calls []call) []string {
@@ -317,126 +340,6 @@ func TestKafka_forgedOriginOnMainTopicIsReplaced(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, int32(0), got.Partition)
 	require.Equal(t, int64(0), got.Offset)
-}
-
-// failingPublisher fails publishes to one topic until told to stop.
-type failingBackend struct {
-	tiered.Backend
-	topic string
-	fails *int32
-	mu    *sync.Mutex
-}
-
-func (f failingBackend) Publisher() message.Publisher { return failingPublisher(f) }
-
-type failingPublisher failingBackend
-
-func (f failingPublisher) Publish(topic string, msgs ...*message.Message) error {
-	f.mu.Lock()
-	if topic == f.topic && *f.fails > 0 {
-		*f.fails--
-		f.mu.Unlock()
-		return errors.New("injected publish failure")
-	}
-	f.mu.Unlock()
-	return f.Backend.Publisher().Publish(topic, msgs...)
-}
-
-func (failingPublisher) Close() error { return nil }
-
-// failProduce makes the embedded broker reject the next n produce requests
-// to topic with a non-retriable error.
-func failProduce(env kafkatest.Env, topic string, n int) {
-	var mu sync.Mutex
-	env.Cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		env.Cluster.KeepControl()
-		produce := req.(*kmsg.ProduceRequest)
-		mu.Lock()
-		defer mu.Unlock()
-		if n == 0 || len(produce.Topics) != 1 || produce.Topics[0].Topic != topic {
-			return nil, nil, false
-		}
-		n--
-		resp := produce.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range produce.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.PolicyViolation.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
-}
-
-// A failed publish to the tier or the dead-letter topic leaves the
-// original unacked: it comes back from the main topic until the publish
-// succeeds. On the embedded broker the produce requests themselves fail; on
-// a real broker a failing publisher wraps the backend's.
-func TestKafka_publishFailureLosesNothing(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		target func(tiered.Topics) string
-		policy tiered.Policy
-		fail   func(attempt int) error
-		// wantTopic is where the message is handled after the failures.
-		wantNext func(tiered.Topics) string
-	}{
-		{
-			name:     "tier",
-			target:   func(tp tiered.Topics) string { return tp.Tiers[0] },
-			policy:   fastPolicy,
-			fail:     func(attempt int) error { return map[bool]error{true: errors.New("transient")}[attempt <= 1] },
-			wantNext: func(tp tiered.Topics) string { return tp.Tiers[0] },
-		},
-		{
-			name:   "dlq",
-			target: func(tp tiered.Topics) string { return tp.DLQ },
-			policy: fastPolicy,
-			fail:   func(int) error { return tiered.Permanent(errors.New("card declined")) },
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			env := kafkatest.Start(t)
-			b := kafkatest.New(t, env.Config())
-			topic := kafkatest.Topic(t)
-			names, err := tc.policy.Topics(topic, "billing", nil)
-			require.NoError(t, err)
-
-			const failures = 3
-			var backend tiered.Backend = b
-			if env.Real() {
-				fails := int32(failures)
-				backend = failingBackend{Backend: b, topic: tc.target(names), fails: &fails, mu: &sync.Mutex{}}
-			} else {
-				failProduce(env, tc.target(names), failures)
-			}
-			h := newHarness(t, backend, topic, "billing", tc.policy, func(_ *message.Message, attempt int) error { return tc.fail(attempt) })
-			msg := message.NewMessage(watermill.NewUUID(), []byte("order"))
-			h.publish(msg)
-
-			// The failed publishes are retried as publishes: the handler
-			// runs once on the main topic.
-			want := []string{h.topic}
-			if tc.wantNext != nil {
-				want = append(want, tc.wantNext(names))
-				require.Equal(t, want, topicsOf(h.waitCalls(len(want))))
-			} else {
-				dead := h.waitDead(1)
-				require.Equal(t, msg.UUID, dead[0].UUID)
-				calls, _ := h.snapshot()
-				require.Equal(t, want, topicsOf(calls), "a failed publish does not run the handler again")
-			}
-			calls, _ := h.snapshot()
-			for _, c := range calls {
-				require.Equal(t, msg.UUID, c.uuid)
-			}
-		})
-	}
 }
 
 func TestKafka_prepareIsIdempotentAndCopiesPartitions(t *testing.T) {

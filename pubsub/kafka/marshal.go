@@ -1,8 +1,8 @@
 package kafka
 
 import (
-	"context"
-	"strconv"
+	"fmt"
+	"strings"
 
 	"github.com/IBM/sarama"
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
@@ -13,25 +13,41 @@ import (
 
 // marshaler writes messages as watermill-kafka's DefaultMarshaler does and
 // sets the record key: the original key a tier or dead-letter copy
-// carries, else the configured PartitionKey.
-//
-// A copy's first hop (it carries retry metadata but no origin yet) takes
-// its origin from the context of the message it was copied from, where
-// watermill-kafka's subscriber put the consumed record's partition, offset,
-// timestamp and key; the retry middleware keeps that context's values.
-// Recording the origin only when a message fails keeps the happy path from
-// paying for it.
+// carries (tiered.KeyKafkaKey), else the configured PartitionKey.
 type marshaler struct {
 	partitionKey wkafka.GeneratePartitionKey
 }
 
-func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	if _, retry := msg.Metadata[tiered.KeyAttempt]; retry {
-		if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
-			recordOrigin(msg)
-		}
+// marshalRecord writes msg as wkafka.DefaultMarshaler does (the UUID
+// header first, then one header per metadata key), with every header's
+// bytes in one allocation instead of two per header: a tier copy carries
+// some fifteen keys.
+func marshalRecord(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	if msg.Metadata.Get(wkafka.UUIDHeaderKey) != "" {
+		return nil, fmt.Errorf("metadata %s is reserved by watermill for message UUID", wkafka.UUIDHeaderKey)
 	}
-	rec, err := wkafka.DefaultMarshaler{}.Marshal(topic, msg)
+	size := len(wkafka.UUIDHeaderKey) + len(msg.UUID)
+	for k, v := range msg.Metadata {
+		size += len(k) + len(v)
+	}
+	buf := make([]byte, 0, size)
+	headers := make([]sarama.RecordHeader, 0, len(msg.Metadata)+1)
+	add := func(k, v string) {
+		start := len(buf)
+		buf = append(buf, k...)
+		mid := len(buf)
+		buf = append(buf, v...)
+		headers = append(headers, sarama.RecordHeader{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+	}
+	add(wkafka.UUIDHeaderKey, msg.UUID)
+	for k, v := range msg.Metadata {
+		add(k, v)
+	}
+	return &sarama.ProducerMessage{Topic: topic, Value: sarama.ByteEncoder(msg.Payload), Headers: headers}, nil
+}
+
+func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	rec, err := marshalRecord(topic, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -47,68 +63,35 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 	return rec, nil
 }
 
-// recordOrigin writes into msg's metadata the origin that watermill-kafka's
-// subscriber left in its context, if any.
-func recordOrigin(msg *message.Message) {
-	o, ok := originFromCtx(msg.Context())
-	if !ok {
-		return
+// unmarshalRecord reads cm as wkafka.DefaultMarshaler does, with the text
+// of every header in one allocation instead of two per header.
+func unmarshalRecord(cm *sarama.ConsumerMessage) *message.Message {
+	size := 0
+	for _, h := range cm.Headers {
+		size += len(h.Key) + len(h.Value)
 	}
-	msg.Metadata.Set(tiered.KeyKafkaPartition, strconv.FormatInt(int64(o.Partition), 10))
-	msg.Metadata.Set(tiered.KeyKafkaOffset, strconv.FormatInt(o.Offset, 10))
-	if o.TimestampMs != 0 {
-		msg.Metadata.Set(tiered.KeyKafkaTimestamp, strconv.FormatInt(o.TimestampMs, 10))
+	var b strings.Builder
+	b.Grow(size)
+	for _, h := range cm.Headers {
+		b.Write(h.Key)
+		b.Write(h.Value)
 	}
-	if o.Key != nil {
-		msg.Metadata.Set(tiered.KeyKafkaKey, string(o.Key))
+	all := b.String()
+	var uuid string
+	md := make(message.Metadata, len(cm.Headers))
+	at := 0
+	for _, h := range cm.Headers {
+		k := all[at : at+len(h.Key)]
+		at += len(h.Key)
+		v := all[at : at+len(h.Value)]
+		at += len(h.Value)
+		if k == wkafka.UUIDHeaderKey {
+			uuid = v
+		} else {
+			md[k] = v
+		}
 	}
-}
-
-// originFromCtx reads the consumed record's origin from the context
-// watermill-kafka's subscriber gives each message.
-func originFromCtx(ctx context.Context) (Origin, bool) {
-	p, ok := wkafka.MessagePartitionFromCtx(ctx)
-	if !ok {
-		return Origin{}, false
-	}
-	o := Origin{Partition: p}
-	o.Offset, _ = wkafka.MessagePartitionOffsetFromCtx(ctx)
-	if ts, ok := wkafka.MessageTimestampFromCtx(ctx); ok && !ts.IsZero() {
-		o.TimestampMs = ts.UnixMilli()
-	}
-	if key, ok := wkafka.MessageKeyFromCtx(ctx); ok && key != nil {
-		o.Key = key
-	}
-	return o, true
-}
-
-// Origin is where a message was first consumed: the partition, offset,
-// timestamp and key of the record on the handler's own topic.
-type Origin struct {
-	Partition int32
-	Offset    int64
-	// Timestamp in Unix milliseconds; 0 when the record had none.
-	TimestampMs int64
-	// Key is the record key; nil when the record had none.
-	Key []byte
-}
-
-// ReadOrigin returns where a message was first consumed: from its metadata
-// on tier and dead-letter messages, from its context (watermill-kafka's)
-// on a handler's own topic. It returns false when neither records one.
-func ReadOrigin(msg *message.Message) (Origin, bool) {
-	if _, has := msg.Metadata[tiered.KeyKafkaPartition]; !has {
-		return originFromCtx(msg.Context())
-	}
-	p, err1 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaPartition), 10, 32)
-	o, err2 := strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaOffset), 10, 64)
-	if err1 != nil || err2 != nil {
-		return Origin{}, false
-	}
-	origin := Origin{Partition: int32(p), Offset: o}
-	origin.TimestampMs, _ = strconv.ParseInt(msg.Metadata.Get(tiered.KeyKafkaTimestamp), 10, 64)
-	if key, ok := msg.Metadata[tiered.KeyKafkaKey]; ok {
-		origin.Key = []byte(key)
-	}
-	return origin, true
+	msg := message.NewMessage(uuid, cm.Value)
+	msg.Metadata = md
+	return msg
 }

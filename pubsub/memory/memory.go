@@ -16,6 +16,7 @@ package memory
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/retry-kafka/retry-kafka/internal/backendurl"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -30,6 +32,21 @@ import (
 type Backend struct {
 	pubSub *gochannel.GoChannel
 	logger watermill.LoggerAdapter
+}
+
+// Open returns an in-memory backend for rawURL, which is "mem://" or
+// "memory://" and nothing more: the in-memory backend has no host, path or
+// parameters, and anything after "://" is an error that says so.
+func Open(rawURL string, logger watermill.LoggerAdapter) (*Backend, error) {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok || scheme != "mem" && scheme != "memory" {
+		return nil, backendurl.Error("mem", rawURL, `it must be "mem://" (or "memory://")`)
+	}
+	if rest != "" {
+		return nil, backendurl.Error("mem", rawURL, "nothing may follow %q, found %q: the in-memory backend has no host, path or parameters",
+			scheme+"://", backendurl.Redact(rest))
+	}
+	return New(logger), nil
 }
 
 // New returns an in-memory backend.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/retry-kafka/retry-kafka/internal/backendurl"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -36,6 +38,10 @@ type Backend struct {
 	closed bool
 	dlqs   map[string]struct{}
 	subs   map[*subscriber]struct{}
+
+	// On a Redis Cluster, refreshTopology runs until stopRefresh is
+	// closed, then closes refreshDone (both nil on other clients).
+	stopRefresh, refreshDone chan struct{}
 }
 
 var _ tiered.Backend = (*Backend)(nil)
@@ -66,14 +72,18 @@ func New(ctx context.Context, config Config, logger watermill.LoggerAdapter) (*B
 		dlqs:           map[string]struct{}{},
 		subs:           map[*subscriber]struct{}{},
 	}
-	if b.untrimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{b.client}}, logger); err != nil {
+	if b.untrimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{UniversalClient: b.client}}, logger); err != nil {
 		return nil, err
 	}
 	if config.MaxLen > 0 {
-		b.trimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{b.client}, DefaultMaxlen: config.MaxLen}, logger)
+		b.trimmed, err = wmredis.NewPublisher(wmredis.PublisherConfig{Client: streamClient{UniversalClient: b.client}, DefaultMaxlen: config.MaxLen}, logger)
 		if err != nil {
 			return nil, err
 		}
+	}
+	if cluster, ok := config.Client.(*redis.ClusterClient); ok {
+		b.stopRefresh, b.refreshDone = make(chan struct{}), make(chan struct{})
+		go refreshTopology(cluster, b.stopRefresh, b.refreshDone)
 	}
 	logger.Debug("Redis stream backend ready", watermill.LogFields{"redis_version": version, "max_len": config.MaxLen})
 	return b, nil
@@ -83,14 +93,22 @@ func New(ctx context.Context, config Config, logger watermill.LoggerAdapter) (*B
 // backend that owns the client: [Backend.Close] closes it.
 //
 // The URL is what redis.ParseURL of go-redis accepts
-// ("redis://[user:password@]host:6379/0", "rediss://..." for TLS, with its
-// query options such as dial_timeout=3s), plus these options of the
+// ("redis://[user:password@]host:6379/0", "rediss://..." for TLS,
+// "unix:///path/to/redis.sock?db=0"), with go-redis's client parameters
+// (db, protocol, client_name, max_retries, min_retry_backoff,
+// max_retry_backoff, dial_timeout, read_timeout, write_timeout, pool_fifo,
+// pool_size, pool_timeout, max_concurrent_dials, min_idle_conns,
+// max_idle_conns, max_active_conns, conn_max_idle_time, conn_max_lifetime,
+// conn_max_lifetime_jitter, skip_verify), plus these parameters of the
 // backend's [Config]:
 //
 //	max_len=100000             Config.MaxLen
 //	consumer_group_prefix=app. Config.ConsumerGroupPrefix
 //	max_idle_time=30s          Config.MaxIdleTime
 //	claim_interval=1s          Config.ClaimInterval
+//
+// A URL that does not parse, an unknown parameter and a parameter given
+// twice are errors that name the problem; no error shows the password.
 func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (*Backend, error) {
 	config, redisURL, err := parseURL(rawURL)
 	if err != nil {
@@ -98,7 +116,7 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (*
 	}
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("invalid Redis URL: %w", err)
+		return nil, backendurl.Error("redis", rawURL, "%v", withoutURL(err))
 	}
 	client := redis.NewClient(opts)
 	config.Client = client
@@ -111,29 +129,43 @@ func Open(ctx context.Context, rawURL string, logger watermill.LoggerAdapter) (*
 	return b, nil
 }
 
-// parseURL takes the backend's own options out of rawURL's query.
+// urlParams returns the names of the URL parameters of [Open] that set the
+// backend's [Config].
+func urlParams() []string {
+	return []string{"max_len", "consumer_group_prefix", "max_idle_time", "claim_interval"}
+}
+
+// clientURLParams returns the names of the URL parameters of [Open] that
+// go-redis reads into the client's options (redis.ParseURL). Deprecated
+// and internal-tuning parameters of go-redis are not taken: set them with
+// [New] and a client of your own.
+func clientURLParams() []string {
+	return []string{
+		"db", "protocol", "client_name",
+		"max_retries", "min_retry_backoff", "max_retry_backoff",
+		"dial_timeout", "read_timeout", "write_timeout",
+		"pool_fifo", "pool_size", "pool_timeout", "max_concurrent_dials",
+		"min_idle_conns", "max_idle_conns", "max_active_conns",
+		"conn_max_idle_time", "conn_max_lifetime", "conn_max_lifetime_jitter",
+		"skip_verify",
+	}
+}
+
+// parseURL takes the backend's own parameters out of rawURL's query, and
+// returns them with the URL left for go-redis.
 func parseURL(rawURL string) (Config, string, error) {
 	var config Config
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) { // do not echo a password
-			err = uerr.Err
-		}
-		return config, "", fmt.Errorf("invalid Redis URL: %w", err)
+		return config, "", backendurl.Error("redis", rawURL, "%v", withoutURL(err))
 	}
-	q := u.Query()
+	params, err := backendurl.Params("redis", rawURL, u.RawQuery, append(urlParams(), clientURLParams()...))
+	if err != nil {
+		return config, "", err
+	}
 	var errs []error
-	take := func(key string) (string, bool) {
-		if !q.Has(key) {
-			return "", false
-		}
-		v := q.Get(key)
-		q.Del(key)
-		return v, true
-	}
 	duration := func(key string, dst *time.Duration) {
-		if v, ok := take(key); ok {
+		if v, ok := params[key]; ok {
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
 				errs = append(errs, fmt.Errorf("%s=%q is not a positive duration", key, v))
@@ -141,23 +173,38 @@ func parseURL(rawURL string) (Config, string, error) {
 			*dst = d
 		}
 	}
-	if v, ok := take("max_len"); ok {
+	if v, ok := params["max_len"]; ok {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
 			errs = append(errs, fmt.Errorf("max_len=%q is not a non-negative integer", v))
 		}
 		config.MaxLen = n
 	}
-	if v, ok := take("consumer_group_prefix"); ok {
+	if v, ok := params["consumer_group_prefix"]; ok {
 		config.ConsumerGroupPrefix = v
 	}
 	duration("max_idle_time", &config.MaxIdleTime)
 	duration("claim_interval", &config.ClaimInterval)
-	if len(errs) > 0 {
-		return config, "", fmt.Errorf("invalid Redis URL: %w", errors.Join(errs...))
+	if err := errors.Join(errs...); err != nil {
+		return config, "", backendurl.Error("redis", rawURL, "%v", err)
 	}
-	u.RawQuery = q.Encode()
+	rest := url.Values{}
+	for k, v := range params {
+		if !slices.Contains(urlParams(), k) {
+			rest.Set(k, v)
+		}
+	}
+	u.RawQuery = rest.Encode()
 	return config, u.String(), nil
+}
+
+// withoutURL drops the URL that a *url.Error quotes, password and all.
+func withoutURL(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
 }
 
 // consumerPrefix starts every consumer name with the host and process, so
@@ -173,6 +220,12 @@ func consumerPrefix() string {
 // Publisher returns the backend's publisher. Publish returns once Redis
 // stored every message (XADD), in order; it stops at the first failure.
 // Its Close does nothing: close the backend.
+//
+// An error that publishing the message again cannot mend wraps
+// [tiered.ErrUnpublishable] (WRONGTYPE, NOPERM, too large for the server's
+// proto-max-bulk-len, ...); OOM, LOADING, READONLY, CLUSTERDOWN, MOVED and
+// ASK, authentication and network errors are temporary: they are not about
+// the message, and every message fails alike until they pass.
 //
 // Messages are trimmed with MAXLEN ~ Config.MaxLen, except on the
 // dead-letter topics named to [Backend.Prepare] and for messages that carry
@@ -216,12 +269,16 @@ func (b *Backend) publish(topic string, msg *message.Message, trim bool) error {
 	if closed {
 		return ErrClosed
 	}
+	if msg.Metadata.Get(wmredis.UUIDHeaderKey) != "" {
+		return fmt.Errorf("%w: redis stream %s: message %s: metadata key %s is reserved for Watermill's message UUID",
+			tiered.ErrUnpublishable, topic, msg.UUID, wmredis.UUIDHeaderKey)
+	}
 	pub := b.untrimmed
 	if trim {
 		pub = b.trimmed
 	}
 	if err := pub.Publish(topic, msg); err != nil {
-		return fmt.Errorf("redis stream %s: %w", topic, err)
+		return b.publishError(topic, msg, err)
 	}
 	return nil
 }
@@ -231,15 +288,20 @@ func (b *Backend) publish(topic string, msg *message.Message, trim bool) error {
 // ("{host}-{pid}-{random}"). A new group reads its stream from the first
 // entry.
 //
-// Entries pending on a consumer that stopped are claimed by the others
-// after Config.MaxIdleTime, or params.Delay + Config.MaxIdleTime on a tier,
-// so that an entry held until its due time is never taken from a live
-// consumer. An entry that is not a Watermill message goes to params.DLQ
-// with the reason (or is logged and dropped when params.DLQ is empty); the
-// subscription goes on.
+// The consumer refreshes its claim on every entry it has in hand (in the
+// handler, held until due, or read ahead) every Config.MaxIdleTime/3, so no
+// other consumer takes them while it lives; entries pending on a consumer
+// that stopped are claimed by the others after Config.MaxIdleTime, on every
+// stream, tiers included. An entry that is not a Watermill message goes to
+// params.DLQ with the reason (or is logged and dropped when params.DLQ is
+// empty); the subscription goes on. An entry in Watermill's field layout
+// without a UUID gets tiered.OriginUUID("redis", stream, entry ID).
 //
-// The message context a handler sees does not end when the subscription's
-// context does: closing lets the message in flight finish for at most
+// Every message's context carries a [tiered.Delivery]: the entry ID's time
+// and the entry's coordinates ([tiered.KeyRedisStream],
+// [tiered.KeyRedisEntryID]). The context ends when the message is acked (as
+// on every Watermill pub/sub), but not when the subscription's context
+// does: closing lets the message in flight finish for at most
 // Config.CloseTimeout and acks it in Redis.
 func (b *Backend) Subscriber(params tiered.SubscribeParams) (message.Subscriber, error) {
 	var errs []error
@@ -325,6 +387,10 @@ func (b *Backend) Close() error {
 	var errs []error
 	for _, s := range subs {
 		errs = append(errs, s.Close())
+	}
+	if b.stopRefresh != nil {
+		close(b.stopRefresh)
+		<-b.refreshDone
 	}
 	if b.ownsClient {
 		errs = append(errs, b.client.Close())

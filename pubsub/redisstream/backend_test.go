@@ -3,6 +3,7 @@ package redisstream_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,20 +126,56 @@ func TestOpen(t *testing.T) {
 func TestOpen_badURL(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		url, wantErr string
+		name, url string
+		wantErr   []string
 	}{
-		{"redis://user:s3cret@127.0.0.1:1/0?bogus=1", "unexpected option"},
-		{"redis://user:s3cret@127.0.0.1:1/0?max_len=-5", "max_len"},
-		{"redis://user:s3cret@127.0.0.1:1/0?max_idle_time=soon", "max_idle_time"},
-		{"redis://user:s3cret@127.0.0.1:1/zero", "invalid database"},
-		{"http://user:s3cret@127.0.0.1:1/0", "invalid URL scheme"},
-		{"redis://user:s3cret@127.0.0.1:1/0?max_retries=-1", "connection refused"},
-		{"redis://user:s3cret@[::1/0", "invalid Redis URL"},
+		{"unknown parameter", "redis://user:s3cret@127.0.0.1:1/0?bogus=1",
+			[]string{`redis URL "redis://user:xxxxx@127.0.0.1:1/0?bogus=1": unknown parameter "bogus" (known: max_len, consumer_group_prefix, max_idle_time, claim_interval, db, `}},
+		{"go-redis parameter we do not take", "redis://user:s3cret@127.0.0.1:1/0?idle_timeout=1s", []string{`unknown parameter "idle_timeout"`}},
+		{"repeated parameter of ours", "redis://user:s3cret@127.0.0.1:1/0?max_len=1&max_len=2", []string{`parameter "max_len" is given 2 times`}},
+		{"repeated parameter of go-redis", "redis://user:s3cret@127.0.0.1:1/0?dial_timeout=1s&dial_timeout=2s", []string{`parameter "dial_timeout" is given 2 times`}},
+		{"bad escape", "redis://user:s3cret@127.0.0.1:1/0?max_len=%zz", []string{`invalid escape "%zz"`}},
+		{"bad escape in the host", "redis://user:s3cret@%zz:1/0", []string{`redis URL "redis://user:xxxxx@%zz:1/0"`, "invalid URL escape"}},
+		{"unparseable host", "redis://user:s3cret@[::1/0", []string{`redis URL "redis://user:xxxxx@[::1/0"`, "missing ']'"}},
+		{"negative max_len", "redis://user:s3cret@127.0.0.1:1/0?max_len=-5", []string{`max_len="-5" is not a non-negative integer`}},
+		{"bad duration", "redis://user:s3cret@127.0.0.1:1/0?max_idle_time=soon", []string{`max_idle_time="soon" is not a positive duration`}},
+		{"bad go-redis value", "redis://user:s3cret@127.0.0.1:1/0?pool_size=many", []string{`redis URL "redis://user:xxxxx@127.0.0.1:1/0?pool_size=many"`, "pool_size"}},
+		{"bad database", "redis://user:s3cret@127.0.0.1:1/zero", []string{"invalid database"}},
+		{"another scheme", "http://user:s3cret@127.0.0.1:1/0", []string{"invalid URL scheme"}},
+		{"nothing answers", "redis://user:s3cret@127.0.0.1:1/0?max_retries=-1", []string{"redis at 127.0.0.1:1", "connection refused"}},
 	} {
-		t.Run(tc.url, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			_, err := redisstream.Open(context.Background(), tc.url, nil)
-			require.ErrorContains(t, err, tc.wantErr)
+			require.Error(t, err)
+			for _, want := range tc.wantErr {
+				require.ErrorContains(t, err, want)
+			}
 			require.NotContains(t, err.Error(), "s3cret", "no password in errors")
+		})
+	}
+}
+
+// TestOpen_clientParametersAreGoRedis: every go-redis parameter that Open
+// lets through is one go-redis takes (a test that fails when go-redis
+// drops one).
+func TestOpen_clientParametersAreGoRedis(t *testing.T) {
+	t.Parallel()
+	for _, name := range redisstream.ClientURLParams() {
+		t.Run(name, func(t *testing.T) {
+			value := "1"
+			switch {
+			case strings.HasSuffix(name, "_timeout") || strings.HasSuffix(name, "_backoff") ||
+				strings.HasPrefix(name, "conn_max_"):
+				value = "1s"
+			case name == "pool_fifo" || name == "skip_verify":
+				value = "true"
+			case name == "client_name":
+				value = "app"
+			case name == "protocol":
+				value = "3"
+			}
+			_, err := redis.ParseURL("rediss://127.0.0.1:6379/0?" + name + "=" + value)
+			require.NoError(t, err)
 		})
 	}
 }

@@ -3,6 +3,7 @@ package redisstream_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,14 +19,14 @@ import (
 )
 
 // Scaled-down claim settings: MaxIdleTime plays Watermill's 60s default, the
-// tier delay a tier three times as long.
+// tier delay a tier ten times as long.
 const (
-	testIdle     = time.Second
-	testInterval = 100 * time.Millisecond
+	testIdle     = 300 * time.Millisecond
+	testInterval = 50 * time.Millisecond
 	testDelay    = 3 * time.Second
 )
 
-func TestClaimIdle(t *testing.T) {
+func TestClaimIdle_isMaxIdleTimeOnEveryStream(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
@@ -35,8 +36,8 @@ func TestClaimIdle(t *testing.T) {
 	}{
 		{"main topic, default", redisstream.Config{}, 0, 60 * time.Second},
 		{"main topic, configured", redisstream.Config{MaxIdleTime: 30 * time.Second}, 0, 30 * time.Second},
-		{"tier adds its delay", redisstream.Config{}, 5 * time.Minute, 6 * time.Minute},
-		{"short tier", redisstream.Config{MaxIdleTime: 30 * time.Second}, 10 * time.Second, 40 * time.Second},
+		{"long tier, default", redisstream.Config{}, 5 * time.Hour, 60 * time.Second},
+		{"short tier", redisstream.Config{MaxIdleTime: 30 * time.Second}, 10 * time.Second, 30 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, redisstream.ClaimIdle(tc.config, tc.delay))
@@ -44,11 +45,12 @@ func TestClaimIdle(t *testing.T) {
 	}
 }
 
-// TestBackend_heldMessageIsNotClaimed runs two routers with the same
-// handler (one consumer group per subscription, two consumers each) while
-// a message waits in a tier three times longer than MaxIdleTime: it must
-// stay with the consumer that read it, and run once.
-func TestBackend_heldMessageIsNotClaimed(t *testing.T) {
+// TestBackend_heldEntriesStayWithTheirConsumer runs two routers with the
+// same handler (two consumers in each group) while three messages wait in a
+// tier ten times longer than MaxIdleTime. Each tier entry must stay with the
+// consumer that read it and be delivered once: the one held until due, and
+// those read ahead behind it, which wait as long.
+func TestBackend_heldEntriesStayWithTheirConsumer(t *testing.T) {
 	t.Parallel()
 	client := newClient(t)
 	logger := newLogger(t)
@@ -60,84 +62,85 @@ func TestBackend_heldMessageIsNotClaimed(t *testing.T) {
 
 	var rec recorder
 	h := func(msg *message.Message) error {
+		rec.record(msg)
 		if message.SubscribeTopicFromCtx(msg.Context()) == topic {
-			rec.record(msg)
 			return errors.New("try later")
 		}
-		rec.record(msg)
 		return nil
 	}
 	_, handler := runRouter(t, b1, policy, "billing", topic, h, logger)
 	runRouter(t, b2, policy, "billing", topic, h, logger)
 	tier := handler.Topics.Tiers[0]
-	group := tier
+	group := handler.Topics.Group(tier)
 
-	published := time.Now()
-	require.NoError(t, b1.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
+	const n = 3
+	for _, id := range []string{"m1", "m2", "m3"} {
+		require.NoError(t, b1.Publisher().Publish(topic, message.NewMessage(id, []byte(id))))
+	}
 
-	// Until the tier attempt ran, the entry stays pending on one consumer
-	// that got it once.
-	var holder string
+	// Until every tier attempt ran, each entry stays pending on the
+	// consumer that read it, delivered once.
+	holders := map[string]string{}
 	poll := time.NewTicker(tick)
 	defer poll.Stop()
 	deadline := time.After(testDelay + waitFor)
-	for rec.count() < 2 {
+	for rec.count() < 2*n {
 		select {
 		case <-poll.C:
 		case <-deadline:
-			t.Fatal("the tier attempt never ran")
+			t.Fatalf("the tier attempts never all ran: %v", rec.topics())
 		}
 		xp, err := client.XPendingExt(context.Background(), &redis.XPendingExtArgs{Stream: tier, Group: group, Start: "-", End: "+", Count: 10}).Result()
-		if err == nil && len(xp) > 0 && rec.count() < 2 {
-			require.Len(t, xp, 1)
-			if holder == "" {
-				holder = xp[0].Consumer
+		if err != nil {
+			continue // the group does not exist yet
+		}
+		for _, p := range xp {
+			if holders[p.ID] == "" {
+				holders[p.ID] = p.Consumer
 			}
-			require.Equal(t, holder, xp[0].Consumer, "the held entry was claimed by another consumer after %v", xp[0].Idle)
-			require.EqualValues(t, 1, xp[0].RetryCount, "the held entry was delivered again")
+			require.Equal(t, holders[p.ID], p.Consumer, "entry %s was claimed by another consumer after %v", p.ID, p.Idle)
+			require.EqualValues(t, 1, p.RetryCount, "entry %s was delivered again", p.ID)
 		}
 	}
-	require.NotEmpty(t, holder, "the entry was never seen pending")
-	require.GreaterOrEqual(t, time.Since(published), testDelay, "the hold outlasted MaxIdleTime several times over")
+	require.Len(t, holders, n, "every tier entry was seen pending")
 
-	require.Never(t, func() bool { return rec.count() > 2 }, testIdle+5*testInterval, tick, "the message ran twice")
+	require.Never(t, func() bool { return rec.count() > 2*n }, testIdle+5*testInterval, tick, "a message ran twice")
 	require.Eventually(t, func() bool { return pending(client, tier, group) == 0 }, waitFor, tick)
-	require.Equal(t, []string{topic, tier}, rec.topics())
+	perUUID := map[string][]string{}
+	for _, c := range rec.all() {
+		perUUID[c.uuid] = append(perUUID[c.uuid], c.topic)
+	}
+	for _, id := range []string{"m1", "m2", "m3"} {
+		require.Equal(t, []string{topic, tier}, perUUID[id], id)
+	}
 }
 
-// TestBackend_heldMessageIsClaimedWithMainTopicSettings shows what
-// TestBackend_heldMessageIsNotClaimed guards against: a second consumer
-// using the main topic's claim idle time (as a plain watermill-redisstream
-// subscriber does) takes the held entry long before it is due.
-func TestBackend_heldMessageIsClaimedWithMainTopicSettings(t *testing.T) {
+// TestBackend_plainConsumerNeverTakesAHeldEntry: even a plain
+// watermill-redisstream consumer in the same group, claiming whatever is
+// idle for MaxIdleTime, does not get an entry while our consumer holds it
+// for ten times as long.
+func TestBackend_plainConsumerNeverTakesAHeldEntry(t *testing.T) {
 	t.Parallel()
 	client := newClient(t)
 	logger := newLogger(t)
 	b := newBackend(t, client, redisstream.Config{MaxIdleTime: testIdle, ClaimInterval: testInterval}, logger)
 	tier := redistest.Name(t, "orders.billing.retry.3s")
-	const group = "billing.retry.3s"
+	group := tier
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	// Our tier subscription, holding.
-	sub, err := b.Subscriber(tiered.SubscribeParams{Group: group, Topic: tier, Delay: testDelay})
-	require.NoError(t, err)
-	held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: testDelay}, logger)
-	require.NoError(t, err)
-	defer held.Close()
-	ours, err := held.Subscribe(ctx, tier)
-	require.NoError(t, err)
+	ours := holdingSubscription(t, b, tier, testDelay, logger)
 
 	pub, err := tiered.NewPublisher(b.Publisher(), logger)
 	require.NoError(t, err)
 	msg := message.NewMessage("m1", []byte("one"))
 	delay.Message(msg, delay.For(testDelay))
+	published := time.Now()
 	require.NoError(t, pub.Publish(tier, msg))
 	require.Eventually(t, func() bool { return pending(client, tier, group) == 1 }, waitFor, tick)
-	readAt := time.Now()
 
 	// A plain watermill-redisstream consumer in the same group, claiming
-	// after the main topic's idle time.
+	// entries idle for MaxIdleTime.
 	raw, err := wmredis.NewSubscriber(wmredis.SubscriberConfig{
 		Client:                        redis.NewClient(&redis.Options{Addr: client.Options().Addr}),
 		ConsumerGroup:                 group,
@@ -152,14 +155,58 @@ func TestBackend_heldMessageIsClaimedWithMainTopicSettings(t *testing.T) {
 
 	select {
 	case m := <-theirs:
-		require.Equal(t, "m1", m.UUID)
-		require.Less(t, time.Since(readAt), testDelay, "claimed while still held")
-		m.Ack()
+		t.Fatalf("another consumer claimed %s %v after it was published, while it was held", m.UUID, time.Since(published))
 	case m := <-ours:
-		t.Fatalf("our consumer handed on %s before another claimed it", m.UUID)
+		require.Equal(t, "m1", m.UUID)
+		require.GreaterOrEqual(t, time.Since(published), testDelay-time.Millisecond, "never early")
+		m.Ack()
 	case <-time.After(testDelay + waitFor):
-		t.Fatal("the held entry was never claimed")
+		t.Fatal("the held entry was never handed on")
 	}
+	require.Eventually(t, func() bool { return pending(client, tier, group) == 0 }, waitFor, tick)
+}
+
+// TestBackend_deadConsumersHeldEntryComesBackAfterMaxIdleTime: a consumer
+// read an entry of a one-minute tier and died while holding it. Another
+// consumer claims it once it has been idle for MaxIdleTime, not a tier delay
+// later, and hands it on at its due time.
+func TestBackend_deadConsumersHeldEntryComesBackAfterMaxIdleTime(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	logger := newLogger(t)
+	const (
+		idle      = 500 * time.Millisecond
+		tierDelay = time.Minute
+		dueIn     = time.Second
+	)
+	b := newBackend(t, client, redisstream.Config{MaxIdleTime: idle, ClaimInterval: testInterval}, logger)
+	tier := redistest.Name(t, "orders.billing.retry.1m")
+	group := tier
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	require.NoError(t, client.XGroupCreateMkStream(ctx, tier, group, "0").Err())
+	pub, err := tiered.NewPublisher(b.Publisher(), logger)
+	require.NoError(t, err)
+	msg := message.NewMessage("m1", []byte("one"))
+	delay.Message(msg, delay.For(dueIn))
+	published := time.Now()
+	require.NoError(t, pub.Publish(tier, msg))
+	read, err := client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: "dead", Streams: []string{tier, ">"}, Count: 1}).Result()
+	require.NoError(t, err)
+	require.Len(t, read[0].Messages, 1)
+
+	ours := holdingSubscription(t, b, tier, tierDelay, logger)
+
+	select {
+	case m := <-ours:
+		require.Equal(t, "m1", m.UUID)
+		require.GreaterOrEqual(t, time.Since(published), dueIn-time.Millisecond, "never early")
+		m.Ack()
+	case <-time.After(tierDelay / 2):
+		t.Fatalf("the dead consumer's entry was not back after half the tier delay (MaxIdleTime is %v)", idle)
+	}
+	require.Eventually(t, func() bool { return pending(client, tier, group) == 0 }, waitFor, tick)
 }
 
 // TestBackend_deadConsumersEntryIsRecovered: a consumer of the handler's
@@ -171,14 +218,15 @@ func TestBackend_deadConsumersEntryIsRecovered(t *testing.T) {
 	logger := newLogger(t)
 	b := newBackend(t, client, redisstream.Config{MaxIdleTime: 500 * time.Millisecond, ClaimInterval: testInterval}, logger)
 	topic := redistest.Name(t, "orders")
+	group := topic + ".billing"
 	ctx := context.Background()
 
-	require.NoError(t, client.XGroupCreateMkStream(ctx, topic, topic+".billing", "0").Err())
+	require.NoError(t, client.XGroupCreateMkStream(ctx, topic, group, "0").Err())
 	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", []byte("one"))))
-	read, err := client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: topic + ".billing", Consumer: "dead", Streams: []string{topic, ">"}, Count: 1}).Result()
+	read, err := client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: "dead", Streams: []string{topic, ">"}, Count: 1}).Result()
 	require.NoError(t, err)
 	require.Len(t, read[0].Messages, 1)
-	require.EqualValues(t, 1, pending(client, topic, topic+".billing"))
+	require.EqualValues(t, 1, pending(client, topic, group))
 
 	var rec recorder
 	runRouter(t, b, tiered.Policy{Delays: []time.Duration{time.Second}}, "billing", topic,
@@ -186,6 +234,56 @@ func TestBackend_deadConsumersEntryIsRecovered(t *testing.T) {
 
 	require.Eventually(t, func() bool { return rec.count() == 1 }, waitFor, tick)
 	require.Equal(t, "m1", rec.all()[0].uuid)
-	require.Eventually(t, func() bool { return pending(client, topic, topic+".billing") == 0 }, waitFor, tick)
+	require.Eventually(t, func() bool { return pending(client, topic, group) == 0 }, waitFor, tick)
 	require.Never(t, func() bool { return rec.count() > 1 }, 300*time.Millisecond, tick)
+}
+
+// TestBackend_slowHandlerKeepsItsEntries: a handler that works for ten
+// times MaxIdleTime keeps its entry and the one read ahead behind it; a
+// second consumer of the group takes neither.
+func TestBackend_slowHandlerKeepsItsEntries(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	logger := newLogger(t)
+	config := redisstream.Config{MaxIdleTime: testIdle, ClaimInterval: testInterval}
+	b1 := newBackend(t, client, config, logger)
+	b2 := newBackend(t, client, config, logger)
+	topic := redistest.Name(t, "orders")
+	policy := tiered.Policy{Delays: []time.Duration{time.Second}}
+
+	var rec recorder
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseAll) // before the routers close, even on failure
+	h := func(msg *message.Message) error {
+		rec.record(msg)
+		<-release
+		return nil
+	}
+	runRouter(t, b1, policy, "billing", topic, h, logger)
+	require.NoError(t, b1.Publisher().Publish(topic, message.NewMessage("m1", nil), message.NewMessage("m2", nil)))
+	require.Eventually(t, func() bool { return rec.count() == 1 && pending(client, topic, topic+".billing") == 2 }, waitFor, tick,
+		"one entry in the handler, one read ahead")
+	runRouter(t, b2, policy, "billing", topic, h, logger)
+
+	require.Never(t, func() bool { return rec.count() > 1 }, 10*testIdle, tick, "another consumer took an entry in hand")
+	releaseAll()
+	require.Eventually(t, func() bool { return rec.count() == 2 && pending(client, topic, topic+".billing") == 0 }, waitFor, tick)
+	require.Equal(t, []string{"m1", "m2"}, []string{rec.all()[0].uuid, rec.all()[1].uuid})
+}
+
+// holdingSubscription subscribes to a tier stream as the router does, in
+// the group named after the stream, through the holding subscriber, until
+// the test ends.
+func holdingSubscription(t *testing.T, b *redisstream.Backend, tier string, delay time.Duration, logger *captureLogger) <-chan *message.Message {
+	t.Helper()
+	sub, err := b.Subscriber(tiered.SubscribeParams{Group: tier, Topic: tier, Delay: delay})
+	require.NoError(t, err)
+	held, err := tiered.NewSubscriber(sub, tiered.SubscriberConfig{MaxDelay: delay}, logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = held.Close() })
+	ch, err := held.Subscribe(context.Background(), tier)
+	require.NoError(t, err)
+	return ch
 }

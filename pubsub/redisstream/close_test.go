@@ -82,7 +82,8 @@ func TestBackend_restartWhileHeldLosesNothing(t *testing.T) {
 		return nil
 	}
 	r1, handler := runRouter(t, b, policy, "billing", topic, h, logger)
-	tier, group := handler.Topics.Tiers[0], handler.Topics.Tiers[0]
+	tier := handler.Topics.Tiers[0]
+	group := handler.Topics.Group(tier)
 	require.NoError(t, b.Publisher().Publish(topic, message.NewMessage("m1", nil)))
 	require.Eventually(t, func() bool { return pending(client, tier, group) == 1 }, waitFor, tick, "the tier entry is read and held")
 	require.NoError(t, r1.Close())

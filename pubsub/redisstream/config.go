@@ -27,9 +27,11 @@ const (
 // Config configures a [Backend].
 type Config struct {
 	// Client is the Redis client that every publisher and subscriber of the
-	// backend uses. The caller keeps owning it: the backend never closes
-	// it, and the caller closes it after the backend and every router using
-	// the backend are closed. Use [Open] to have the backend own a client.
+	// backend uses: a *redis.Client, or a *redis.ClusterClient for a Redis
+	// Cluster (see the package doc). The caller keeps owning it: the
+	// backend never closes it, and the caller closes it after the backend
+	// and every router using the backend are closed. Use [Open] to have
+	// the backend own a client.
 	//
 	// Required.
 	Client redis.UniversalClient
@@ -52,24 +54,25 @@ type Config struct {
 	// Optional. Defaults to "" (groups are named after the handlers).
 	ConsumerGroupPrefix string
 
-	// MaxIdleTime is how long an entry of a handler's own stream may stay
-	// read but unacknowledged on one consumer before another consumer of
-	// the group claims it and processes it again. It is how fast the
-	// entries of a consumer that died are recovered, and it must exceed
-	// the time a handler takes on three messages (a consumer reads up to
-	// two entries ahead of the one in the handler), or a slow message runs
-	// twice.
+	// MaxIdleTime is how long an entry may stay pending on a consumer that
+	// stopped refreshing its claim before another consumer of the group
+	// claims it and processes it again: it is how fast the entries of a
+	// consumer that died (or lost Redis) are recovered, on a handler's own
+	// stream and on every tier alike.
 	//
-	// On a tier stream the tier's delay is added, because an entry stays
-	// pending while the holding subscriber waits for its due time: a tier
-	// with delay d claims entries idle for d + MaxIdleTime.
+	// A live consumer refreshes its claim on every entry it has in hand
+	// (the one in its handler or held until due, and those it read ahead)
+	// every MaxIdleTime/3, so a slow handler or a long tier delay never
+	// makes an entry look abandoned. Keep it well above the longest pause
+	// a live consumer may see talking to Redis (a GC pause, a network
+	// blip, a failover): an entry whose claim lapses runs twice.
 	//
 	// Optional. Defaults to [DefaultMaxIdleTime] (60s).
 	MaxIdleTime time.Duration
 
 	// ClaimInterval is how often each subscription looks for entries to
 	// claim (XPENDING with IDLE). An abandoned entry comes back after
-	// MaxIdleTime (plus the tier delay) and at most one ClaimInterval.
+	// MaxIdleTime and at most one ClaimInterval more.
 	//
 	// Optional. Defaults to [DefaultClaimInterval] (5s).
 	ClaimInterval time.Duration
@@ -131,42 +134,42 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// claimSettings are the watermill-redisstream settings that decide when a
-// pending entry is taken from its consumer.
+// claimSettings are the settings that decide when a pending entry is taken
+// from its consumer.
 type claimSettings struct {
+	// MaxIdleTime, ClaimInterval, CheckConsumersInterval and
+	// ConsumerTimeout are watermill-redisstream's.
 	MaxIdleTime            time.Duration
 	ClaimInterval          time.Duration
 	CheckConsumersInterval time.Duration
 	ConsumerTimeout        time.Duration
+	// RefreshInterval is how often a subscription refreshes its claim on
+	// the entries it has in hand.
+	RefreshInterval time.Duration
 }
 
 // claim returns the claim settings of a subscription to a stream whose
 // entries wait delay (0 for a handler's own stream). c has its defaults set.
 //
-// An entry's idle time counts from its delivery to the consumer (Redis's
-// clock) until its Ack. On a tier it is at most: the wait behind the
-// entries read before it, plus the hold (at most the tier's delay: the due
-// time is at most the publish time plus the delay, and the holding
-// subscriber never holds longer than the delay), plus the handler's run.
-// MaxIdleTime already budgets the wait and the run on the handler's own
-// stream, so a tier needs exactly the delay on top; nothing the consumer
-// does while alive makes an entry idle longer.
+// An entry's idle time counts from its delivery to the consumer, or from
+// the consumer's last refresh of its claim (XCLAIM ... JUSTID to itself,
+// which resets it), on Redis's clock. The subscription refreshes every
+// entry in hand each MaxIdleTime/3, so while the consumer lives no entry
+// of it is ever idle for MaxIdleTime, however long the handler runs or the
+// hold lasts, and the claim idle time needs no room for a tier's delay.
 //
 // Watermill removes consumers that were idle for ConsumerTimeout and have
-// no pending entries. A consumer blocked in a hold does not read, so its
-// idle time grows to the delay; keeping ConsumerTimeout at twice the claim
-// idle time (and at least Watermill's 10 minutes) keeps a live consumer
-// that just acked its held entry from being removed just as it reads the
-// next one, which would strand that entry.
+// no pending entries, and with them any entry delivered between its look
+// and the removal. The refresh and the reads keep a live consumer's idle
+// time under a RefreshInterval; ConsumerTimeout stays far above (at least
+// Watermill's 10 minutes), and above the delay too, for a server that would
+// not count a refresh as activity.
 func (c Config) claim(delay time.Duration) claimSettings {
-	idle := c.MaxIdleTime
-	if delay > 0 {
-		idle += delay
-	}
 	return claimSettings{
-		MaxIdleTime:            idle,
+		MaxIdleTime:            c.MaxIdleTime,
 		ClaimInterval:          c.ClaimInterval,
 		CheckConsumersInterval: wmredis.DefaultCheckConsumersInterval,
-		ConsumerTimeout:        max(wmredis.DefaultConsumerTimeout, 2*idle),
+		ConsumerTimeout:        max(wmredis.DefaultConsumerTimeout, 2*(c.MaxIdleTime+delay)),
+		RefreshInterval:        max(c.MaxIdleTime/3, time.Millisecond),
 	}
 }

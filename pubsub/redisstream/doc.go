@@ -12,27 +12,69 @@
 // # Claiming
 //
 // An entry read by a consumer stays pending until acked; the other consumers
-// of its group claim it once it has been idle for MaxIdleTime, so entries
-// of a consumer that died are processed again. On a handler's own stream
-// MaxIdleTime is Config.MaxIdleTime (60s by default): it must exceed the
-// time a handler takes on three messages (each consumer reads up to two
-// entries ahead). A tier entry stays pending while it is held until its due
-// time, so on a tier with delay d the claim idle time is d + MaxIdleTime: a
-// held message is never taken from a live consumer and run twice, and the
-// held messages of a dead consumer come back d + MaxIdleTime (plus at most
-// one ClaimInterval) after it read them, never before they are due. A
-// Nacked message is delivered again after NackResendSleep (1s), not in a
-// hot loop.
+// of its group claim it once it has been idle for MaxIdleTime (60s by
+// default), so the entries of a consumer that died are processed again. A
+// live consumer never lets its entries look idle: every MaxIdleTime/3 it
+// refreshes its claim (XCLAIM ... JUSTID to itself, which resets the idle
+// time and not the delivery count) on every entry it has in hand, the one
+// in its handler or held until due and the ones it read ahead behind it.
+// So a held tier entry is never taken from a live consumer and run twice,
+// however long the tier, a slow handler keeps its entries, and the entries
+// of a dead consumer come back after MaxIdleTime (plus at most one
+// ClaimInterval) on every stream, never a tier delay later; they are held
+// by their new consumer until due. A Nacked message is delivered again
+// after NackResendSleep (1s), not in a hot loop.
+//
+// # Identity and origin
+//
+// An entry in Watermill's field layout but without its UUID (a producer
+// that is not Watermill) gets tiered.OriginUUID("redis", stream, entry ID),
+// the same on every redelivery; the tier and dead-letter copies keep it.
+// Every message's context carries a tiered.Delivery: the entry ID's time
+// (the server's clock, which the holding subscriber clamps due times to),
+// and the stream and entry ID that the retry middleware writes into a
+// failed message's copy ([tiered.KeyRedisStream], [tiered.KeyRedisEntryID]).
+//
+// # Redis Cluster
+//
+// Config.Client may be a *redis.ClusterClient. Every command the backend
+// and watermill-redisstream send names one stream (and [Backend.ListTopics]
+// scans every master), so a handler's streams need no common hash tag: its
+// main, tier and dead-letter streams live on whichever masters their names
+// hash to. A stream is one key, so one topic is served by one master: the
+// cluster spreads topics and tiers, not the entries of one stream. The
+// backend has a cluster client reload its slot map every second (go-redis
+// v9 otherwise waits up to ClusterStateReloadInterval, 60s by default,
+// when a master dies without answering), so a failover stops the streams
+// of the lost master for the cluster's own failover time, about
+// cluster-node-timeout plus a second; keep MaxIdleTime above it. A master
+// without a replica is an outage of its streams until it restarts (of the
+// whole cluster once it is marked failed, with Redis's default
+// cluster-require-full-coverage yes).
 //
 // # Entries that are not Watermill messages
 //
 // watermill-redisstream ends a subscription on an entry it cannot decode
 // (written by another tool, or with corrupt metadata). Here such an entry is
-// sent to the handler's dead-letter stream instead: a new UUID, the entry's
-// fields as a JSON object for payload, Watermill's poison keys with the
-// reason, and [KeyEntryID]. Without a dead-letter topic it is logged at
-// Error and acked. If the publish fails, it is tried again; the subscription
-// goes on either way.
+// sent to the handler's dead-letter stream instead: the entry's
+// fields as a JSON object for payload ([KeyBase64Fields] says how fields
+// that are not UTF-8 are kept), Watermill's poison keys with the reason,
+// [tiered.KeyRedisStream] and [KeyEntryID], under the UUID derived from the
+// stream and entry ID. Without a dead-letter topic it is logged at
+// Error and acked. A dead letter too large to publish becomes a stub without
+// the fields (tiered.DeadLetterStub); a publish that fails is tried again
+// after a wait growing from NackResendSleep to 30s, logged at Error once.
+//
+// # Publish errors
+//
+// The publisher wraps with tiered.ErrUnpublishable the errors that
+// publishing the same message again cannot mend: WRONGTYPE, NOPERM, a
+// stream whose IDs are used up, Watermill's reserved UUID key in the
+// metadata, and a message over the server's proto-max-bulk-len or
+// client-query-buffer-limit (which the server answers by dropping the
+// connection: on such an error the message's size is checked against the
+// limits, read with CONFIG GET). All else is temporary: see the doc of
+// [Backend.Publisher].
 //
 // # Trimming
 //

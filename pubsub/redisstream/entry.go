@@ -1,29 +1,35 @@
 package redisstream
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wmredis "github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/redis/go-redis/v9"
+
+	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
 // Metadata keys that this backend writes on the dead-letter copy of a stream
 // entry it could not decode. The copy also carries Watermill's poison keys
-// (reason_poisoned, topic_poisoned, handler_poisoned, subscriber_poisoned).
+// (reason_poisoned, topic_poisoned, handler_poisoned, subscriber_poisoned)
+// and [tiered.KeyRedisStream].
 const (
-	// KeyEntryID is the ID of the stream entry ("1700000000000-0").
-	KeyEntryID = "retry_redis_entry_id"
-	// KeyBase64Fields lists, comma-separated, the fields of the entry
-	// whose values were not valid UTF-8 and are base64 (standard encoding)
-	// in the payload.
+	// KeyEntryID is the ID of the stream entry ("1700000000000-0"): the
+	// same key as [tiered.KeyRedisEntryID], which every message that
+	// failed carries too.
+	KeyEntryID = tiered.KeyRedisEntryID
+	// KeyBase64Fields lists, comma-separated, the fields of the entry that
+	// the payload holds in base64 (standard encoding), name and value: a
+	// field whose name or value is not valid UTF-8 is in the payload's
+	// JSON object under the base64 of its name, with the base64 of its
+	// value, and the list names it by that base64 name (which has no
+	// comma). Every other field is in the payload as it is.
 	KeyBase64Fields = "retry_redis_base64_fields"
 )
 
@@ -39,49 +45,6 @@ const (
 	// reasonKey is why the entry could not be decoded.
 	reasonKey = "_retry_redis_undecodable_reason"
 )
-
-// entryIDField is the field under which [streamClient] passes an entry's
-// ID to the unmarshaller. No producer writes it: a field of that name in an
-// entry is overwritten.
-const entryIDField = "\x00retry_redis_entry_id"
-
-// streamClient is the client handed to watermill-redisstream. Its Close does
-// nothing, because watermill-redisstream closes the client it was given when
-// a publisher or subscriber closes, and the client is shared. Its reads add
-// each entry's ID to the entry's fields, where [unmarshaller] finds it:
-// Watermill's Unmarshaller sees only the fields.
-type streamClient struct {
-	redis.UniversalClient
-}
-
-// Close does not close the shared client.
-func (streamClient) Close() error { return nil }
-
-// XReadGroup reads like the wrapped client, then tags every entry with its
-// ID.
-func (c streamClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *redis.XStreamSliceCmd {
-	cmd := c.UniversalClient.XReadGroup(ctx, a)
-	for _, xs := range cmd.Val() {
-		tagIDs(xs.Messages)
-	}
-	return cmd
-}
-
-// XClaim claims like the wrapped client, then tags every entry with its ID.
-func (c streamClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XMessageSliceCmd {
-	cmd := c.UniversalClient.XClaim(ctx, a)
-	tagIDs(cmd.Val())
-	return cmd
-}
-
-func tagIDs(msgs []redis.XMessage) {
-	for i := range msgs {
-		if msgs[i].Values == nil {
-			msgs[i].Values = map[string]any{}
-		}
-		msgs[i].Values[entryIDField] = msgs[i].ID
-	}
-}
 
 // unmarshaller decodes entries with Watermill's default unmarshaller. An
 // entry it cannot decode does not become an error (which would end the
@@ -101,7 +64,15 @@ func (u unmarshaller) Unmarshal(values map[string]any) (msg *message.Message, er
 			msg, err = u.marker(id, values, fmt.Errorf("panic: %v", p)), nil
 		}
 	}()
-	msg, err = wmredis.DefaultMarshallerUnmarshaller{}.Unmarshal(values)
+	decode := values
+	if _, ok := values[wmredis.UUIDHeaderKey]; !ok && watermillLayout(values) {
+		// Watermill's fields without its UUID (a producer that is not
+		// Watermill): a message whose UUID the subscriber derives from
+		// where it was consumed.
+		decode = maps.Clone(values)
+		decode[wmredis.UUIDHeaderKey] = ""
+	}
+	msg, err = wmredis.DefaultMarshallerUnmarshaller{}.Unmarshal(decode)
 	if err != nil {
 		return u.marker(id, values, err), nil
 	}
@@ -115,11 +86,28 @@ func (u unmarshaller) Unmarshal(values map[string]any) (msg *message.Message, er
 	return msg, nil
 }
 
-// marker makes the stand-in for an entry that could not be decoded: a new
-// UUID, the entry's fields as JSON for payload.
+// watermillLayout reports whether an entry has a payload and no field that
+// Watermill's marshaller does not write, so that it is a message even
+// without Watermill's UUID field. Anything else without the UUID field is
+// not taken for a message: it goes to the dead-letter stream whole.
+func watermillLayout(values map[string]any) bool {
+	if _, ok := values["payload"]; !ok {
+		return false
+	}
+	for k := range values {
+		if k != "payload" && k != "metadata" {
+			return false
+		}
+	}
+	return true
+}
+
+// marker makes the stand-in for an entry that could not be decoded: the
+// entry's fields as JSON for payload. The subscriber gives it its UUID,
+// derived from the stream and the entry ID.
 func (u unmarshaller) marker(id string, values map[string]any, cause error) *message.Message {
 	payload, b64 := fieldsJSON(values)
-	msg := message.NewMessage(watermill.NewUUID(), payload)
+	msg := message.NewMessage("", payload)
 	msg.Metadata.Set(markerKey, u.nonce)
 	msg.Metadata.Set(reasonKey, cause.Error())
 	msg.Metadata.Set(entryIDKey, id)
@@ -129,26 +117,60 @@ func (u unmarshaller) marker(id string, values map[string]any, cause error) *mes
 	return msg
 }
 
-// fieldsJSON encodes an entry's fields as one JSON object of strings. Values
-// that are not valid UTF-8 are base64, and their names returned, so that
-// nothing is lost.
+// fieldsJSON encodes an entry's fields as one JSON object of strings, and
+// returns the (base64) names of the fields it encoded in base64 (see
+// [KeyBase64Fields]), sorted, so that nothing is lost: JSON strings hold
+// only valid UTF-8.
 func fieldsJSON(values map[string]any) ([]byte, []string) {
-	fields := make(map[string]string, len(values))
-	var b64 []string
+	raw := make(map[string]string, len(values))
 	for k, v := range values {
 		s, ok := v.(string)
 		if !ok {
 			s = fmt.Sprint(v)
 		}
-		if !utf8.ValidString(s) {
-			s = base64.StdEncoding.EncodeToString([]byte(s))
-			b64 = append(b64, k)
+		raw[k] = s
+	}
+	enc := base64.StdEncoding.EncodeToString
+	encoded := map[string]bool{}
+	for k, v := range raw {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			encoded[k] = true
 		}
-		fields[k] = s
+	}
+	// A base64 name may equal the name of a field kept as it is; encode
+	// that one too, until no two fields share a name in the payload
+	// (base64 names never collide with each other). Each round encodes at
+	// least one more field, so this ends.
+	for {
+		taken := make(map[string]bool, len(encoded))
+		for k := range encoded {
+			taken[enc([]byte(k))] = true
+		}
+		more := false
+		for k := range raw {
+			if !encoded[k] && taken[k] {
+				encoded[k] = true
+				more = true
+			}
+		}
+		if !more {
+			break
+		}
+	}
+	fields := make(map[string]string, len(raw))
+	var b64 []string
+	for k, v := range raw {
+		if encoded[k] {
+			name := enc([]byte(k))
+			fields[name] = enc([]byte(v))
+			b64 = append(b64, name)
+			continue
+		}
+		fields[k] = v
 	}
 	sort.Strings(b64)
 	out, err := json.Marshal(fields)
-	if err != nil { // a map of strings always encodes
+	if err != nil { // a map of valid UTF-8 strings always encodes
 		out = []byte("{}")
 	}
 	return out, b64

@@ -22,3 +22,6 @@ func ClientOf(b *Backend) redis.UniversalClient { return b.client }
 // WaitingInFlight is the Debug log of a subscription that stops while a
 // handler works on its message.
 const WaitingInFlight = waitingInFlight
+
+// ClientURLParams are the go-redis parameters that Open takes.
+var ClientURLParams = clientURLParams

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/retry-kafka/retry-kafka/internal/streamid"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -26,7 +28,8 @@ const waitingInFlight = "Subscription closing, waiting for the message in flight
 // subscriber is one subscription's consumer in its consumer group: a
 // watermill-redisstream subscriber, and a loop on its output that
 // dead-letters the entries it could not decode, delays redeliveries after a
-// Nack, and on close lets the message in flight finish.
+// Nack, refreshes the claim on the entries in hand, and on close lets the
+// message in flight finish.
 type subscriber struct {
 	b        *Backend
 	params   tiered.SubscribeParams
@@ -58,7 +61,7 @@ func (b *Backend) newSubscriber(params tiered.SubscribeParams) (*subscriber, err
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.logger = b.logger.With(watermill.LogFields{"consumer_group": s.group, "consumer": s.consumer})
 	inner, err := wmredis.NewSubscriber(wmredis.SubscriberConfig{
-		Client:                        streamClient{b.client},
+		Client:                        streamClient{UniversalClient: b.client},
 		Unmarshaller:                  unmarshaller{nonce: s.nonce},
 		Consumer:                      s.consumer,
 		ConsumerGroup:                 s.group,
@@ -97,7 +100,9 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	// The inner subscription does not end with ctx: when ctx ends, the
 	// loop first lets the message in flight finish (see forward).
-	innerCtx, innerCancel := context.WithCancel(context.WithoutCancel(ctx))
+	// Its reads note in held what the consumer has in hand.
+	held := newInHand(topic)
+	innerCtx, innerCancel := context.WithCancel(withInHand(context.WithoutCancel(ctx), held))
 	in, err := s.inner.Subscribe(innerCtx, topic)
 	if err != nil {
 		innerCancel()
@@ -114,7 +119,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer innerCancel()
 		defer stopCancel()
 		defer unhook()
-		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop}
+		l := &loop{s: s, topic: topic, in: in, out: out, stop: stop, inHand: held}
 		l.run()
 	}()
 	return out, nil
@@ -142,20 +147,43 @@ func (s *subscriber) Close() error {
 
 // loop is one subscription's relay from the watermill-redisstream output
 // to the subscriber's.
+//
+// Its goroutines: run relays until stop ends (or the inner channel
+// closes), then waits for the message in flight, acks the last entry once
+// more and stops refresh; the Subscribe goroutine then ends the inner
+// subscription (and with it the context of a message not acked), and
+// closes out.
 type loop struct {
 	s     *subscriber
 	topic string
 	in    <-chan *message.Message
 	out   chan<- *message.Message
 	stop  context.Context
+	// inHand is what the subscription's consumer read and has not acked.
+	inHand *inHand
 
 	// lastAcked is the entry whose Ack was last passed on; it is acked
 	// again on the way out, in case the subscription ended before
 	// watermill-redisstream sent the XACK.
 	lastAcked string
+
+	// failingID is the undecodable entry whose dead-letter publish failed
+	// failures times in a row.
+	failingID string
+	failures  int
 }
 
 func (l *loop) run() {
+	refreshCtx, stopRefresh := context.WithCancel(context.Background())
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		l.refresh(refreshCtx)
+	}()
+	defer func() {
+		stopRefresh()
+		<-refreshed
+	}()
 	defer l.ackLast()
 	for {
 		var msg *message.Message
@@ -180,6 +208,48 @@ func (l *loop) run() {
 	}
 }
 
+// refresh keeps this consumer's claim on the entries it has in hand fresh,
+// every RefreshInterval, until ctx ends: XCLAIM ... JUSTID to itself resets
+// an entry's idle time (and not its delivery count), so no other consumer
+// claims an entry that this one holds until due, runs, or read ahead
+// behind them. It is single-key, so it works on Redis Cluster too.
+func (l *loop) refresh(ctx context.Context) {
+	ticker := time.NewTicker(l.s.claim.RefreshInterval)
+	defer ticker.Stop()
+	failing := false
+	for {
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			return
+		}
+		ids := l.inHand.list()
+		if len(ids) == 0 {
+			continue
+		}
+		still, err := l.s.b.client.XClaimJustID(ctx, &redis.XClaimArgs{
+			Stream: l.topic, Group: l.s.group, Consumer: l.s.consumer, MinIdle: 0, Messages: ids,
+		}).Result()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !failing {
+				l.s.logger.Info("Cannot refresh the claim on the entries in hand; if it fails for MaxIdleTime, another consumer may process them again", watermill.LogFields{
+					"topic": l.topic, "entries": len(ids), "err": err.Error(),
+				})
+			}
+			failing = true
+			continue
+		}
+		if failing {
+			l.s.logger.Info("Refreshing the claim on the entries in hand works again", watermill.LogFields{"topic": l.topic})
+			failing = false
+		}
+		l.inHand.drop(ids, still)
+	}
+}
+
 // forward hands msg on and passes its Ack or Nack back. It returns false
 // when the subscription is stopping.
 func (l *loop) forward(msg *message.Message) bool {
@@ -188,7 +258,16 @@ func (l *loop) forward(msg *message.Message) bool {
 	for _, k := range [...]string{entryIDKey, markerKey, reasonKey} {
 		delete(fwd.Metadata, k)
 	}
-	fwd.SetContext(msg.Context())
+	if fwd.UUID == "" {
+		// Written without Watermill's UUID: an identity derived from
+		// where it was first consumed, the same on every redelivery,
+		// which every copy (tier, dead letter) keeps.
+		fwd.UUID = tiered.OriginUUID("redis", l.topic, id)
+	}
+	// watermill-redisstream's message context ends at the Ack, as
+	// Watermill's pub/subs do; the Delivery stays readable after it, for
+	// the copy of a message acked early (InstantAck).
+	fwd.SetContext(tiered.WithDelivery(msg.Context(), l.delivery(id)))
 	select {
 	case l.out <- fwd:
 	case <-l.stop.Done():
@@ -211,7 +290,7 @@ func (l *loop) forward(msg *message.Message) bool {
 	// Stopping while the handler works on fwd: give it CloseTimeout to
 	// finish, and send its Ack to Redis ourselves, since the
 	// watermill-redisstream subscription is about to end.
-	l.s.logger.Debug(waitingInFlight, watermill.LogFields{"topic": l.topic, "message_uuid": msg.UUID, "entry_id": id})
+	l.s.logger.Debug(waitingInFlight, watermill.LogFields{"topic": l.topic, "message_uuid": fwd.UUID, "entry_id": id})
 	timer := time.NewTimer(l.s.b.config.CloseTimeout)
 	defer timer.Stop()
 	select {
@@ -220,10 +299,24 @@ func (l *loop) forward(msg *message.Message) bool {
 	case <-fwd.Nacked():
 	case <-timer.C:
 		l.s.logger.Info("Subscription closed before the handler finished; the message will be delivered again", watermill.LogFields{
-			"topic": l.topic, "message_uuid": msg.UUID, "entry_id": id,
+			"topic": l.topic, "message_uuid": fwd.UUID, "entry_id": id,
 		})
 	}
 	return false
+}
+
+// delivery is what the subscription knows of entry id of its stream: the
+// entry ID's time (the server's clock when it stored the entry, unless a
+// producer chose the ID) and its coordinates.
+func (l *loop) delivery(id string) *tiered.Delivery {
+	stream := l.topic
+	return &tiered.Delivery{
+		AppendTime: streamid.Time(id),
+		WriteOrigin: func(md message.Metadata) {
+			md.Set(tiered.KeyRedisStream, stream)
+			md.Set(tiered.KeyRedisEntryID, id)
+		},
+	}
 }
 
 // ackLast acks the entry last acked once more, in Redis directly: the
@@ -256,10 +349,26 @@ func (l *loop) sleep(d time.Duration) bool {
 	}
 }
 
+// maxBackOff caps the wait between two tries of a dead-letter publish
+// (unless NackResendSleep is longer).
+const maxBackOff = 30 * time.Second
+
+// backOff is the wait before try n+1 of a publish that failed n times:
+// base, doubling, at most maxBackOff.
+func backOff(base time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxBackOff; i++ {
+		d *= 2
+	}
+	return min(d, max(base, maxBackOff))
+}
+
 // deadLetter handles the marker of an entry that could not be decoded: it
 // publishes the entry's fields to the dead-letter topic with the reason and
-// acks it, or, without a dead-letter topic, logs it and acks it. When the
-// publish fails the entry is Nacked and comes back. It returns false when
+// acks it, or, without a dead-letter topic, logs it and acks it. A copy that
+// can never be published (too large) is replaced by a stub without the
+// fields. When the publish fails the entry is Nacked and comes back, after a
+// wait that grows from NackResendSleep to 30s; it is logged at Error once. It returns false when
 // the subscription is stopping.
 func (l *loop) deadLetter(marker *message.Message) bool {
 	id := marker.Metadata.Get(entryIDKey)
@@ -275,31 +384,54 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 		return true
 	}
 
-	out := message.NewMessage(marker.UUID, marker.Payload)
-	out.Metadata.Set(KeyEntryID, id)
+	out := message.NewMessage(tiered.OriginUUID("redis", l.topic, id), marker.Payload)
+	out.Metadata.Set(tiered.KeyRedisStream, l.topic)
+	out.Metadata.Set(tiered.KeyRedisEntryID, id)
 	if v := marker.Metadata.Get(KeyBase64Fields); v != "" {
 		out.Metadata.Set(KeyBase64Fields, v)
 	}
 	out.Metadata.Set(wmiddleware.ReasonForPoisonedKey, tiered.Truncate(reason, tiered.MaxErrorBytes))
 	out.Metadata.Set(wmiddleware.PoisonedTopicKey, l.topic)
-	handler := l.s.params.Handler
-	if handler == "" {
-		handler = l.s.params.Group
-	}
-	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, handler)
+	out.Metadata.Set(wmiddleware.PoisonedHandlerKey, l.s.handler())
 	out.Metadata.Set(wmiddleware.PoisonedSubscriberKey, l.s.consumer)
 	out.SetContext(l.stop)
-	if err := l.s.b.publish(dlq, out, false); err != nil {
+	err := l.s.b.publish(dlq, out, false)
+	if errors.Is(err, tiered.ErrUnpublishable) {
+		// Too large (base64 and JSON make fields larger), say: a stub
+		// without the fields, which XRANGE finds by the entry ID
+		// (tiered.KeyPayloadDropped gives their size).
+		stub := tiered.DeadLetterStub(out, fmt.Sprintf("%s; its dead letter cannot be published (%v)", reason, err))
+		delete(stub.Metadata, KeyBase64Fields)
+		if stubErr := l.s.b.publish(dlq, stub, false); stubErr == nil {
+			err = nil
+			out = stub
+		} else {
+			err = errors.Join(err, stubErr)
+		}
+	}
+	if err != nil {
 		if l.stop.Err() != nil {
 			return false
 		}
-		l.s.logger.Error("Cannot publish an undecodable stream entry to the dead-letter topic, Nacking it", err, fields)
-		if !l.sleep(l.s.b.config.NackResendSleep) {
+		// Once at Error per entry, then at Debug, with a growing wait.
+		if l.failingID != id {
+			l.failingID, l.failures = id, 0
+		}
+		l.failures++
+		if l.failures == 1 {
+			l.s.logger.Error("Cannot publish an undecodable stream entry to the dead-letter topic, trying again", err, fields)
+		} else {
+			l.s.logger.Debug("Dead-letter publish of an undecodable stream entry failed again", fields.Add(watermill.LogFields{
+				"attempt": l.failures, "err": err.Error(),
+			}))
+		}
+		if !l.sleep(backOff(l.s.b.config.NackResendSleep, l.failures)) {
 			return false
 		}
 		marker.Nack()
 		return true
 	}
+	l.failingID = ""
 	l.s.logger.Info("Stream entry that could not be decoded sent to the dead-letter topic", watermill.LogFields{
 		"topic": dlq, "entry_id": id, "message_uuid": out.UUID, "reason": tiered.Truncate(reason, 200),
 	})
@@ -309,6 +441,20 @@ func (l *loop) deadLetter(marker *message.Message) bool {
 		f(tiered.UndecodableParams{Topic: l.topic, DLQ: dlq})
 	}
 	return true
+}
+
+// handler names the handler for the poison keys: params.Handler, or
+// without it the group without the "{topic}." that [tiered.Topics.Group]
+// puts before the handler's name on its own topic (on a tier, whose group
+// is the tier topic, the group).
+func (s *subscriber) handler() string {
+	if s.params.Handler != "" {
+		return s.params.Handler
+	}
+	if h, ok := strings.CutPrefix(s.params.Group, s.params.Topic+"."); ok && s.params.Topic != "" && h != "" {
+		return h
+	}
+	return s.params.Group
 }
 
 // quietLogger logs at Debug the errors that only say that a subscription
