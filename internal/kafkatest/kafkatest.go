@@ -2,11 +2,17 @@
 // KAFKA_BROKERS environment variable (comma-separated host:port), else an
 // embedded kfake broker started for the test. CI sets KAFKA_BROKERS to a
 // real Apache Kafka broker started by scripts/kafka.sh.
+//
+// On a real cluster, KAFKA_REPLICATION_FACTOR (default 1) is the
+// replication factor of the topics the backend creates: 3 on the 3-node
+// cluster of KAFKA_NODES=3 scripts/kafka.sh start.
 package kafkatest
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +40,9 @@ func (e Env) Real() bool { return e.Cluster == nil }
 func Start(t testing.TB) Env {
 	t.Helper()
 	if v := strings.TrimSpace(os.Getenv("KAFKA_BROKERS")); v != "" {
+		if _, err := envReplicationFactor(); err != nil {
+			t.Fatalf("kafkatest: %v", err)
+		}
 		return Env{Brokers: strings.Split(v, ",")}
 	}
 	return StartEmbedded(t)
@@ -64,17 +73,47 @@ func SaramaConfig() *sarama.Config {
 	return c
 }
 
+// EnvReplicationFactor names the environment variable that sets the
+// replication factor of the topics created on a real cluster.
+const EnvReplicationFactor = "KAFKA_REPLICATION_FACTOR"
+
 // Config returns a backend config for env with test tuning, topic creation
-// allowed and replication factor 1. Change it before [New].
+// allowed and replication factor 1 (on a real cluster,
+// KAFKA_REPLICATION_FACTOR if set). Change it before [New].
 func (e Env) Config() kafka.Config {
 	return kafka.Config{
 		Brokers:           e.Brokers,
 		Sarama:            SaramaConfig(),
 		CreateTopics:      true,
-		ReplicationFactor: 1,
+		ReplicationFactor: e.replicationFactor(),
 		NackResendSleep:   50 * time.Millisecond,
 		DrainTimeout:      5 * time.Second,
 	}
+}
+
+// replicationFactor is 1 on kfake, else KAFKA_REPLICATION_FACTOR (default
+// 1; [Start] fails the test on a bad value).
+func (e Env) replicationFactor() int16 {
+	if !e.Real() {
+		return 1
+	}
+	n, err := envReplicationFactor()
+	if err != nil {
+		return 1
+	}
+	return n
+}
+
+func envReplicationFactor() (int16, error) {
+	v := strings.TrimSpace(os.Getenv(EnvReplicationFactor))
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 16)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%s=%q is not a positive integer", EnvReplicationFactor, v)
+	}
+	return int16(n), nil
 }
 
 // New opens a backend with config, closed when the test ends.
