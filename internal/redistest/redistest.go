@@ -46,7 +46,9 @@ const defaultAddr = "127.0.0.1:6379"
 const startTimeout = 10 * time.Second
 
 // Addr returns the address of a Redis server for t (see the package doc).
-// A server it starts lives until t and its subtests end.
+// Every call with the same t returns the same server, so that a test and
+// the backends it builds see the same streams. A server it starts lives
+// until t and its subtests end.
 func Addr(t testing.TB) string {
 	t.Helper()
 	if addr := strings.TrimSpace(os.Getenv(EnvAddr)); addr != "" {
@@ -58,7 +60,37 @@ func Addr(t testing.TB) string {
 	if ping(defaultAddr, 300*time.Millisecond) == nil {
 		return defaultAddr
 	}
-	return start(t)
+	return own(t)
+}
+
+// owned maps each test to the server that [Addr] starts for it.
+var owned = struct {
+	sync.Mutex
+	servers map[testing.TB]*ownServer
+}{servers: map[testing.TB]*ownServer{}}
+
+type ownServer struct {
+	once sync.Once
+	addr string
+}
+
+// own returns the server started for t, starting it on t's first call.
+func own(t testing.TB) string {
+	t.Helper()
+	owned.Lock()
+	s, ok := owned.servers[t]
+	if !ok {
+		s = &ownServer{}
+		owned.servers[t] = s
+		t.Cleanup(func() {
+			owned.Lock()
+			defer owned.Unlock()
+			delete(owned.servers, t)
+		})
+	}
+	owned.Unlock()
+	s.once.Do(func() { s.addr = start(t) })
+	return s.addr
 }
 
 // Name returns a stream or topic name unique to this call:
