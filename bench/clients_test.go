@@ -65,8 +65,10 @@ func BenchmarkClients(b *testing.B) {
 			pc, pg := measure(func() {
 				// A plain application publishes too: one watermill-kafka
 				// publisher, as the backend has one producer.
+				sc := kafkatest.SaramaConfig()
+				sc.Producer.Return.Successes = true // watermill-kafka's publisher is a SyncProducer
 				pub, err := wkafka.NewPublisher(wkafka.PublisherConfig{
-					Brokers: brokers, Marshaler: wkafka.DefaultMarshaler{}, OverwriteSaramaConfig: kafkatest.SaramaConfig(),
+					Brokers: brokers, Marshaler: wkafka.DefaultMarshaler{}, OverwriteSaramaConfig: sc,
 				}, watermill.NopLogger{})
 				if err != nil {
 					b.Fatal(err)

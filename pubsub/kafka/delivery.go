@@ -15,16 +15,16 @@ import (
 // delivery is one consumed record on its way through the router: the
 // record, the message made from it, its place in the partition's offset
 // tracker, and what [tiered.DeliveryFrom] returns for it. Each message
-// handed on has a context of its own (a deliveryCtx): it carries the
-// tiered.Delivery, and the delivery itself so that the backend's publisher
-// recognises a tier or dead-letter copy of the message and produces it
-// asynchronously, tied to the record (see copy.go). Like watermill-kafka's,
-// it is cancelled once the message is acked or nacked, and when the claim
-// lets its messages go (after the drain).
+// handed on has a context of its own, a cancellable child of base, which
+// carries the tiered.Delivery and the delivery itself (under deliveryKey)
+// so that the backend's publisher recognises a tier or dead-letter copy of
+// the message and produces it asynchronously, tied to the record (see
+// copy.go). Like watermill-kafka's, it is cancelled once the message is
+// acked or nacked, and when the claim lets its messages go (after the
+// drain).
 type delivery struct {
 	info   tiered.Delivery
-	base   context.Context    // the claim's context with info
-	ctx    deliveryCtx        // the first message's context
+	base   context.Context    // the claim's context with info and the delivery
 	mu     sync.Mutex         // guards cancel once the message is handed on
 	cancel context.CancelFunc // the current message's
 	c      *claim
@@ -34,22 +34,13 @@ type delivery struct {
 	uuid   string
 }
 
-// deliveryCtx is a message's context: a cancellable child of the claim's
-// context carrying the tiered.Delivery, and the delivery itself under
-// deliveryKey.
-type deliveryCtx struct {
-	context.Context
-	d *delivery
-}
-
+// Every message context is a chain of the standard library's context types
+// (a value, a value, a cancel) on the claim's: a lookup of any other key
+// (a tracer's span, say) walks it in context.value's loop. A context type
+// of our own with a Value method made the walk recurse, one more frame per
+// lookup, which overflowed the router's fresh per-message goroutine stack
+// (a stack copy, about 3 µs, per traced message).
 type deliveryKey struct{}
-
-func (c *deliveryCtx) Value(key any) any {
-	if key == (deliveryKey{}) {
-		return c.d
-	}
-	return c.Context.Value(key)
-}
 
 // deliveryOf returns the delivery whose message (or a copy of it that
 // kept its context's values) has ctx, or nil.
@@ -68,7 +59,7 @@ func (c *claim) newDelivery(cm *sarama.ConsumerMessage, msg *message.Message) *d
 		d.info.AppendTime = cm.Timestamp
 	}
 	d.info.WriteOrigin = d.writeOrigin
-	d.base = tiered.WithDelivery(c.ctx, &d.info)
+	d.base = context.WithValue(tiered.WithDelivery(c.ctx, &d.info), deliveryKey{}, d)
 	if msg.UUID == "" {
 		// Producers other than Watermill write no UUID header: derive a
 		// stable one from where the record was first consumed. Copies
@@ -76,9 +67,9 @@ func (c *claim) newDelivery(cm *sarama.ConsumerMessage, msg *message.Message) *d
 		msg.UUID = tiered.OriginUUID("kafka", cm.Topic, strconv.FormatInt(int64(cm.Partition), 10), strconv.FormatInt(cm.Offset, 10))
 	}
 	d.uuid = msg.UUID
-	d.ctx.d = d
-	d.ctx.Context, d.cancel = context.WithCancel(d.base)
-	msg.SetContext(&d.ctx)
+	var ctx context.Context
+	ctx, d.cancel = context.WithCancel(d.base)
+	msg.SetContext(ctx)
 	d.msg = msg
 	return d
 }
@@ -92,9 +83,7 @@ func (d *delivery) again() *message.Message {
 		msg = d.msg.Copy()
 	}
 	msg.UUID = d.uuid
-	ctx := &deliveryCtx{d: d}
-	var cancel context.CancelFunc
-	ctx.Context, cancel = context.WithCancel(d.base)
+	ctx, cancel := context.WithCancel(d.base)
 	d.mu.Lock()
 	d.cancel = cancel
 	d.mu.Unlock()
