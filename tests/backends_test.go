@@ -133,45 +133,17 @@ func backends() []Backend {
 			},
 		},
 		{
-			Name: "redis",
-			New:  newRedis,
-			Features: Features{
-				KeepsOrderPerKey:        true, // one stream per tier
-				PersistentAcrossRestart: true,
-				ConsumerGroups:          true,
-				DeliversAfterAck:        true,
-				Watermill: wmtests.Features{
-					ConsumerGroups:      true,
-					ExactlyOnceDelivery: false,
-					// A stream is ordered, but consumers of one group
-					// share it: order holds for one subscriber.
-					GuaranteedOrder:                     true,
-					GuaranteedOrderWithSingleSubscriber: true,
-					Persistent:                          true,
-					NewSubscriberReceivesOldMessages:    false,
-				},
-			},
+			Name:     "redis",
+			New:      newRedis,
+			Features: redisFeatures,
 		},
 		{
 			// The same backend on a Redis Cluster of three masters: each
 			// stream of a handler (main, tiers, dead letters) lives on
 			// the master of its own hash slot.
-			Name: "redis-cluster",
-			New:  newRedisCluster,
-			Features: Features{
-				KeepsOrderPerKey:        true, // one stream per tier
-				PersistentAcrossRestart: true,
-				ConsumerGroups:          true,
-				DeliversAfterAck:        true,
-				Watermill: wmtests.Features{
-					ConsumerGroups:                      true,
-					ExactlyOnceDelivery:                 false,
-					GuaranteedOrder:                     true,
-					GuaranteedOrderWithSingleSubscriber: true,
-					Persistent:                          true,
-					NewSubscriberReceivesOldMessages:    false,
-				},
-			},
+			Name:     "redis-cluster",
+			New:      newRedisCluster,
+			Features: redisFeatures, // the same streams, spread over masters
 		},
 	}
 }
@@ -276,4 +248,22 @@ func (p *perTest[V]) get(t *testing.T, make func() V) V {
 	v := make()
 	p.vals[t.Name()] = v
 	return v
+}
+
+// redisFeatures are the Redis backend's, on one server and on a cluster.
+var redisFeatures = Features{
+	KeepsOrderPerKey:        true, // one stream per tier
+	PersistentAcrossRestart: true,
+	ConsumerGroups:          true,
+	DeliversAfterAck:        true,
+	Watermill: wmtests.Features{
+		ConsumerGroups:      true,
+		ExactlyOnceDelivery: false,
+		// A stream is ordered, but consumers of one group share it:
+		// order holds for one subscriber.
+		GuaranteedOrder:                     true,
+		GuaranteedOrderWithSingleSubscriber: true,
+		Persistent:                          true,
+		NewSubscriberReceivesOldMessages:    false,
+	},
 }

@@ -447,13 +447,9 @@ Without --dry-run it asks for confirmation on stdin unless --yes.`,
 					return err
 				}
 			}
-			what := "redrive"
+			what, moved := "redrive", "moved"
 			if dryRun {
-				what = "redrive (dry run)"
-			}
-			moved := "moved"
-			if dryRun {
-				moved = "would move"
+				what, moved = "redrive (dry run)", "would move"
 			}
 			bar := newProgress(a.stderr, what, backlog)
 			p.OnProgress = func(pr dlq.RedriveProgress) {
