@@ -26,7 +26,7 @@ import (
 // BenchmarkThroughput; the ratios compare the process's CPU time per
 // message (off / on: 1 is free).
 func BenchmarkObservability(b *testing.B) {
-	const obsRounds = 9
+	const obsRounds = 21
 	policy := tiered.Policy{Delays: []time.Duration{time.Millisecond}, MaxAttempts: 2}
 	forEachBackend(b, func(b *testing.B, backend string) {
 		rg := openRig(b, backend)
@@ -73,15 +73,37 @@ func BenchmarkObservability(b *testing.B) {
 		b.ReportMetric(float64(n), "msgs")
 		b.ReportMetric(off/float64(time.Microsecond), "off-cpu-us")
 		for _, c := range configs[1:] {
-			b.ReportMetric(off/c.series.cpuPerMsg(), c.name+"-cpu-ratio")
+			b.ReportMetric(pairedCPURatio(&configs[0].series, &c.series), c.name+"-cpu-ratio")
 		}
 		b.ReportMetric(configs[len(configs)-1].series.cpuPerMsg()/float64(time.Microsecond), "sampled-cpu-us")
 		line := fmt.Sprintf("%s, %d messages a round, %d rounds; CPU per message and rate:", backend, n, obsRounds)
 		for _, c := range configs {
 			line += fmt.Sprintf(" %s %v, %v;", c.name, time.Duration(c.series.cpuPerMsg()), &c.series)
 		}
+		line += " off/on CPU by round:"
+		for _, c := range configs[1:] {
+			line += " " + c.name
+			for i := range c.series.cpu {
+				line += fmt.Sprintf(" %.3f", float64(configs[0].series.cpu[i])/float64(c.series.cpu[i]))
+			}
+			line += fmt.Sprintf(" (ratio of medians %.3f);", off/c.series.cpuPerMsg())
+		}
 		logf(b, "%s", line)
 	})
+}
+
+// pairedCPURatio is the median over rounds of base's CPU per message in a
+// round over s's in the same round. interleaveN runs every configuration
+// once per round, next to each other, so each ratio compares runs made in
+// the same conditions (the machine's load, the size of the heap, which
+// grows from round to round on mem); the median of these ratios is
+// steadier than the ratio of the two medians.
+func pairedCPURatio(base, s *series) float64 {
+	ratios := make([]float64, len(s.cpu))
+	for i := range s.cpu {
+		ratios[i] = float64(base.cpu[i]) / float64(s.cpu[i])
+	}
+	return median(ratios)
 }
 
 // inTraces gives msgs the W3C trace context of a producer's span, each in

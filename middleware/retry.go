@@ -336,7 +336,7 @@ func (r *Retry) tracedMiddleware(h message.HandlerFunc, main *hop) message.Handl
 			return r.handleMainSampled(h, msg, main)
 		}
 		delivered := msg.Context()
-		began := time.Now()
+		began := time.Since(clockBase)
 		produced, err := runHandler(h, msg)
 		if err == nil {
 			main.success()
@@ -360,10 +360,20 @@ func (r *Retry) handleMainSampled(h message.HandlerFunc, msg *message.Message, m
 	return r.failed(h, msg, delivered, main, nil, err)
 }
 
+// clockBase is what the untraced happy path reads the time against:
+// time.Since of a time with a monotonic reading reads one clock, where
+// time.Now reads two (wall and monotonic), and a message outside a
+// recorded trace only needs to know when its handler began if it fails.
+var clockBase = time.Now()
+
 // failedUntraced starts the span of a failed attempt 1 that had none,
-// back-dated to began, and handles the failure in it.
-func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, delivered context.Context, main *hop, began time.Time, err error) ([]*message.Message, error) {
-	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, began)
+// back-dated to began (time.Since(clockBase) when h was called), and
+// handles the failure in it.
+func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, delivered context.Context, main *hop, began time.Duration, err error) ([]*message.Message, error) {
+	// Now less how long h ran: the wall clock now, so a step of the
+	// system clock since clockBase does not move the span.
+	start := time.Now().Add(began - time.Since(clockBase))
+	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, start)
 	defer span.End()
 	msg.SetContext(delivered)
 	return r.failed(h, msg, delivered, main, nil, err)
