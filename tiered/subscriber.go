@@ -229,7 +229,6 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 	if !due.After(now) {
 		return true
 	}
-	s.logger.Trace("Holding message until due", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "due_in": due.Sub(now).String()})
 	if s.holds != nil {
 		defer s.holds.Hold()()
 	}
