@@ -39,13 +39,18 @@ func admin(t *testing.T, brokers []string) sarama.ClusterAdmin {
 	return a
 }
 
-// setTopicConfig sets one config of topic.
+// setTopicConfig sets one config of topic and waits until the broker
+// reports it. A KRaft controller answers the change once it is in the
+// metadata log, before every broker applied it: a real Kafka broker could
+// still take a record the new limit refuses.
 func setTopicConfig(t *testing.T, brokers []string, topic, key, value string) {
 	t.Helper()
 	err := admin(t, brokers).IncrementalAlterConfig(sarama.TopicResource, topic, map[string]sarama.IncrementalAlterConfigsEntry{
 		key: {Operation: sarama.IncrementalAlterConfigsOperationSet, Value: &value},
 	}, false)
 	require.NoError(t, err, "set %s=%s on %s", key, value, topic)
+	require.Eventually(t, func() bool { return topicConfig(t, brokers, topic, key) == value },
+		10*time.Second, 20*time.Millisecond, "the broker reports %s=%s on %s", key, value, topic)
 }
 
 // topicConfig reads one config of topic.
