@@ -157,31 +157,40 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		// Each message is held on its own goroutine: a partitioned broker
-		// delivers the next message of a partition only after the previous
-		// one was acked, so there is at most one hold per partition, and a
-		// head held on one partition never delays the head of another.
+		// Each message that is not due yet is held on its own goroutine: a
+		// partitioned broker delivers the next message of a partition only
+		// after the previous one was acked, so there is at most one hold
+		// per partition, and a head held on one partition never delays the
+		// head of another. A message due already (most of them, on a
+		// short tier or a backlog) is handed on from here: a goroutine of
+		// its own cost more than the rest of its way through this
+		// subscriber.
 		var holds sync.WaitGroup
 		defer close(out)
 		defer holds.Wait()
 		for msg := range in {
+			due, wait := s.dueOf(topic, msg)
+			if !wait {
+				s.send(ctx, msg, out)
+				continue
+			}
 			holds.Add(1)
 			go func() {
 				defer holds.Done()
-				s.forward(ctx, topic, msg, out)
+				if !s.hold(ctx, topic, msg, due) {
+					msg.Nack()
+					return
+				}
+				s.send(ctx, msg, out)
 			}()
 		}
 	}()
 	return out, nil
 }
 
-// forward holds msg until due, then sends it on out. A message whose wait
-// was cut short is Nacked.
-func (s *Subscriber) forward(ctx context.Context, topic string, msg *message.Message, out chan<- *message.Message) {
-	if !s.hold(ctx, topic, msg) {
-		msg.Nack()
-		return
-	}
+// send hands msg on on out, or Nacks it when the wait for the receiver
+// is cut short.
+func (s *Subscriber) send(ctx context.Context, msg *message.Message, out chan<- *message.Message) {
 	select {
 	case out <- msg:
 	case <-msg.Context().Done():
@@ -193,18 +202,19 @@ func (s *Subscriber) forward(ctx context.Context, topic string, msg *message.Mes
 	}
 }
 
-// hold waits until msg is due. It returns false when the wait was cut
-// short.
-func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Message) bool {
+// dueOf returns when msg is to be handed on, and whether that is still
+// ahead (wait). A message without a due time, or with a malformed one
+// (logged), is due at once.
+func (s *Subscriber) dueOf(topic string, msg *message.Message) (due time.Time, wait bool) {
 	due, ok, err := DueAt(msg.Metadata)
 	if err != nil {
 		s.logger.Info("Message has a malformed due time, handing it on at once", watermill.LogFields{
 			"topic": topic, "message_uuid": msg.UUID, "err": err.Error(),
 		})
-		return true
+		return time.Time{}, false
 	}
 	if !ok {
-		return true
+		return time.Time{}, false
 	}
 	// Due times are wall-clock instants, so the whole hold runs on the wall
 	// clock: a timer measures monotonic time, which drifts from the wall
@@ -226,13 +236,20 @@ func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Messag
 		})
 		due = base.Add(s.config.MaxDelay)
 	}
-	if !due.After(now) {
+	return due, due.After(now)
+}
+
+// hold waits until due (on the wall clock). It returns false when the wait
+// was cut short.
+func (s *Subscriber) hold(ctx context.Context, topic string, msg *message.Message, due time.Time) bool {
+	wait := time.Until(due)
+	if wait <= 0 {
 		return true
 	}
 	if s.holds != nil {
 		defer s.holds.Hold()()
 	}
-	timer := time.NewTimer(due.Sub(now))
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		select {
