@@ -336,7 +336,7 @@ type probe struct {
 	mainTopic string
 	work      time.Duration // time each call spends working (sleeping), after the gate
 	cur       atomic.Pointer[round]
-	failed    sync.Map // UUIDs of the messages that already failed once
+	failed    sync.Map // UUIDs of the messages that failed once and were not called again yet
 }
 
 func newProbe(mainTopic string) *probe {
@@ -411,6 +411,10 @@ func (p *probe) handle(msg *message.Message) error {
 		if _, loaded := p.failed.LoadOrStore(msg.UUID, struct{}{}); !loaded {
 			err = errFail
 		} else {
+			// The call after the failure: forget the message, so that
+			// the probe's own map (which the collector marks) does not
+			// grow with every message of every round.
+			p.failed.Delete(msg.UUID)
 			retried = fromMain
 		}
 	}
