@@ -546,3 +546,34 @@ func TestNewSubscriber_rejectsIncompleteMetricsConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"handler_name=billing,tier=retired"}, instrumenttest.Gather(t, reg).Series("retry_kafka_held_messages"))
 }
+
+// Messages that arrive due already are handed on in the order they
+// arrived, without waiting for one another's Ack: a backend that delivers
+// several records of a tier at once (a backlog, a short tier) keeps their
+// order, as a tier keeps the order of a key's messages.
+func TestSubscriber_handsOnDueMessagesInArrivalOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		feed := newFeedSubscriber()
+		sub, err := tiered.NewSubscriber(feed, tiered.SubscriberConfig{MaxDelay: 10 * time.Second}, nil)
+		require.NoError(t, err)
+		defer func() { require.NoError(t, sub.Close()) }()
+		ch, err := sub.Subscribe(context.Background(), "tier")
+		require.NoError(t, err)
+
+		const n = 200
+		due := ms(time.Now().Add(-time.Second))
+		go func() {
+			for i := range n {
+				msg := message.NewMessage(fmt.Sprint(i), nil)
+				msg.Metadata.Set(tiered.KeyDueAt, due)
+				feed.feed <- msg
+			}
+		}()
+		for i := range n {
+			got := receive(t, ch)
+			require.Equal(t, fmt.Sprint(i), got.UUID, "message %d", i)
+			// The Acks come after all of them: none waits for the one before.
+			defer got.Ack()
+		}
+	})
+}
