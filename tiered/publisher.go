@@ -23,21 +23,18 @@ import (
 // Publish returns only after the wrapped publisher returned, so it is as
 // synchronous (broker-confirmed) as that publisher.
 type Publisher struct {
-	pub    message.Publisher
-	logger watermill.LoggerAdapter
+	pub message.Publisher
 }
 
-// NewPublisher wraps pub. logger may be nil; Publish logs nothing per
-// message (a log line's fields cost every copy allocations, even when
-// the logger drops it).
-func NewPublisher(pub message.Publisher, logger watermill.LoggerAdapter) (*Publisher, error) {
+// NewPublisher wraps pub. The logger is not used (it may be nil): Publish
+// logs nothing per message, as a log line's fields cost every copy
+// allocations even when the logger drops the line. The parameter stays so
+// that existing callers and [PublisherDecorator] keep their signatures.
+func NewPublisher(pub message.Publisher, _ watermill.LoggerAdapter) (*Publisher, error) {
 	if pub == nil {
 		return nil, errors.New("invalid config: nil publisher")
 	}
-	if logger == nil {
-		logger = watermill.NopLogger{}
-	}
-	return &Publisher{pub: pub, logger: logger}, nil
+	return &Publisher{pub: pub}, nil
 }
 
 // PublisherDecorator returns a [message.PublisherDecorator] that wraps

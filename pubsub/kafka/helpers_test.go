@@ -45,25 +45,37 @@ func admin(t *testing.T, brokers []string) sarama.ClusterAdmin {
 // still take a record the new limit refuses.
 func setTopicConfig(t *testing.T, brokers []string, topic, key, value string) {
 	t.Helper()
-	err := admin(t, brokers).IncrementalAlterConfig(sarama.TopicResource, topic, map[string]sarama.IncrementalAlterConfigsEntry{
+	a := admin(t, brokers)
+	err := a.IncrementalAlterConfig(sarama.TopicResource, topic, map[string]sarama.IncrementalAlterConfigsEntry{
 		key: {Operation: sarama.IncrementalAlterConfigsOperationSet, Value: &value},
 	}, false)
 	require.NoError(t, err, "set %s=%s on %s", key, value, topic)
-	require.Eventually(t, func() bool { return topicConfig(t, brokers, topic, key) == value },
-		10*time.Second, 20*time.Millisecond, "the broker reports %s=%s on %s", key, value, topic)
+	require.Eventually(t, func() bool {
+		v, err := describeTopicConfig(a, topic, key)
+		return err == nil && v == value
+	}, 10*time.Second, 20*time.Millisecond, "the broker reports %s=%s on %s", key, value, topic)
 }
 
 // topicConfig reads one config of topic.
 func topicConfig(t *testing.T, brokers []string, topic, key string) string {
 	t.Helper()
-	entries, err := admin(t, brokers).DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{key}})
+	v, err := describeTopicConfig(admin(t, brokers), topic, key)
 	require.NoError(t, err)
+	return v
+}
+
+// describeTopicConfig reads one config of topic through a.
+func describeTopicConfig(a sarama.ClusterAdmin, topic, key string) (string, error) {
+	entries, err := a.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{key}})
+	if err != nil {
+		return "", err
+	}
 	for _, e := range entries {
 		if e.Name == key {
-			return e.Value
+			return e.Value, nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // committed returns the offset group committed on partition 0 of topic,
