@@ -131,10 +131,9 @@ func (t *Tracer) span(topic, operation string, opType attribute.KeyValue, kind t
 // The steps are kept in separate functions that are not inlined, so that
 // their frames are not on the stack while the SDK starts the span (deep
 // already): the router starts a goroutine per message, with a small stack
-// that is copied into a larger one whenever it runs out; growStack grows
-// it once, before the SDK runs.
+// that is copied into a larger one whenever it runs out. Its callers grow
+// it once (growStack) before anything else, parentContext included.
 func (s *Span) start(ctx context.Context, link trace.SpanContext, at time.Time, id string, attempt, tier int) (context.Context, trace.Span) {
-	_ = growStack(0)
 	ctx, span := s.startSDK(ctx, link, at)
 	if span.IsRecording() {
 		s.setAttributes(span, id, attempt, tier)
@@ -169,6 +168,9 @@ func (s *Span) setAttributes(span trace.Span, id string, attempt, tier int) {
 // (the first delivery's span) when it is valid. It starts at at, or now
 // when at is zero.
 func (s *Span) StartProcess(ctx context.Context, msg *message.Message, attempt, tier int, first trace.SpanContext, at time.Time) (context.Context, trace.Span) {
+	// Before parentContext, whose lookups alone used to overflow the
+	// stack the router's goroutine starts with: then it grew twice.
+	_ = growStack(0)
 	return s.start(parentContext(ctx, msg), first, at, msg.UUID, attempt, tier)
 }
 
@@ -222,6 +224,7 @@ func parentContext(ctx context.Context, msg *message.Message) context.Context {
 // out's metadata and context: the next hop's attempt, or the dead letter,
 // belongs to the same trace.
 func (s *Span) StartSend(out *message.Message, attempt, tier int) trace.Span {
+	_ = growStack(0)
 	ctx, span := s.start(out.Context(), trace.SpanContext{}, time.Time{}, out.UUID, attempt, tier)
 	propagator.Inject(ctx, Carrier(out.Metadata))
 	out.SetContext(trace.ContextWithSpan(out.Context(), span))
