@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -75,7 +76,9 @@ type Config struct {
 	// same trace. The first attempt's span starts before the handler runs
 	// when the message's trace is sampled; otherwise only if the handler
 	// fails, back-dated to when it began, so that the happy path of an
-	// unrecorded trace costs no span (see the README, "Metrics and tracing").
+	// unrecorded trace costs no span (see the README, "Metrics and tracing",
+	// for the one span a sampler that ignores the parent sees not
+	// back-dated).
 	//
 	// Optional. Defaults to none: no spans; the trace context a message
 	// carries is copied to every hop as it is.
@@ -138,6 +141,13 @@ type Retry struct {
 	dead [numReasons]prometheus.Counter
 	// main is the hop of the handler's own topic.
 	main *hop
+	// backdateUnsampled is set once the span of a failed attempt 1 whose
+	// parent trace is not sampled was recorded all the same (a sampler
+	// that does not follow the parent): from then on such attempts read
+	// the clock when the handler begins, to back-date their span. Under a
+	// parent-based sampler (the SDK's default) those spans record
+	// nothing, and the happy path reads no clock for them.
+	backdateUnsampled atomic.Bool
 }
 
 // target is a topic that copies are published to: a tier (1 and up) or
@@ -327,16 +337,22 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // starts only if h fails, back-dated to when h began: an OpenTelemetry SDK
 // span costs more CPU than this middleware and most of a broker's delivery
 // (see BENCHMARKS.md), which on the happy path of a trace that nobody
-// records would buy nothing. The closure stays as small as Middleware's;
+// records would buy nothing. When the parent is there but not sampled, the
+// clock is not even read for that, until such a span was recorded (see
+// Retry.backdateUnsampled). The closure stays as small as Middleware's;
 // the spans are started in methods whose frames are gone when h runs.
 func (r *Retry) tracedMiddleware(h message.HandlerFunc, main *hop) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		tiered.ClearUntrusted(msg.Metadata)
-		if instrument.SampledParent(msg.Context(), msg) {
+		sampled, hasParent := instrument.Parent(msg.Context(), msg)
+		if sampled {
 			return r.handleMainSampled(h, msg, main)
 		}
 		delivered := msg.Context()
-		began := time.Since(clockBase)
+		began := unknownStart
+		if !hasParent || r.backdateUnsampled.Load() {
+			began = time.Since(clockBase)
+		}
 		produced, err := runHandler(h, msg)
 		if err == nil {
 			main.success()
@@ -366,15 +382,27 @@ func (r *Retry) handleMainSampled(h message.HandlerFunc, msg *message.Message, m
 // recorded trace only needs to know when its handler began if it fails.
 var clockBase = time.Now()
 
+// unknownStart is the start of an attempt whose handler's start was not
+// read (see Retry.backdateUnsampled).
+const unknownStart = time.Duration(-1)
+
 // failedUntraced starts the span of a failed attempt 1 that had none,
-// back-dated to began (time.Since(clockBase) when h was called), and
-// handles the failure in it.
+// back-dated to began (time.Since(clockBase) when h was called, or
+// unknownStart: not back-dated), and handles the failure in it.
 func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, delivered context.Context, main *hop, began time.Duration, err error) ([]*message.Message, error) {
-	// Now less how long h ran: the wall clock now, so a step of the
-	// system clock since clockBase does not move the span.
-	start := time.Now().Add(began - time.Since(clockBase))
+	var start time.Time
+	if began != unknownStart {
+		// Now less how long h ran: the wall clock now, so a step of the
+		// system clock since clockBase does not move the span.
+		start = time.Now().Add(began - time.Since(clockBase))
+	}
 	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, start)
 	defer span.End()
+	if began == unknownStart && span.IsRecording() {
+		// The sampler records attempts whose parent is not sampled:
+		// back-date the next ones.
+		r.backdateUnsampled.Store(true)
+	}
 	msg.SetContext(delivered)
 	return r.failed(h, msg, delivered, main, nil, err)
 }

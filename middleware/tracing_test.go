@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -240,6 +241,48 @@ func TestRetry_noTracingCarriesTheTraceContextAsIs(t *testing.T) {
 func spanContextOf(msg *message.Message) trace.SpanContext {
 	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier(msg.Metadata))
 	return trace.SpanContextFromContext(ctx)
+}
+
+// A sampler that does not follow the parent records attempts whose
+// parent trace is not sampled. The happy path reads no clock for such
+// attempts until one was recorded; from then on their spans are
+// back-dated to when the handler began, as in a trace of their own.
+func TestRetry_unsampledParentBackdatedOnceItsSpansRecord(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSyncer(exp))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	began := map[string]time.Time{}
+	var mu sync.Mutex
+	rg := newRig(t, rigConfig{
+		policy: tiered.Policy{Delays: []time.Duration{time.Minute}},
+		handler: func(msg *message.Message) error {
+			mu.Lock()
+			began[msg.UUID] = time.Now()
+			mu.Unlock()
+			return errBoom
+		},
+		tracing: tp,
+	})
+	for i, uuid := range []string{"m1", "m2", "m3"} {
+		msg := message.NewMessage(uuid, []byte("payload"))
+		msg.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+		rg.publish(t, msg)
+		require.Eventually(t, func() bool { return len(rg.pub.on(tier1)) == i+1 }, waitFor, tick)
+	}
+
+	starts := map[string]time.Time{}
+	for _, s := range exp.GetSpans() {
+		if s.Name == "process orders" {
+			require.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", s.Parent.TraceID().String(), "a child of the unsampled parent")
+			starts[attrs(s)["messaging.message.id"].(string)] = s.StartTime
+		}
+	}
+	require.Len(t, starts, 3, "every failed attempt has its span")
+	mu.Lock()
+	defer mu.Unlock()
+	for _, uuid := range []string{"m2", "m3"} {
+		require.False(t, starts[uuid].After(began[uuid]), "%s back-dated to when the handler began", uuid)
+	}
 }
 
 // Outside a recorded trace, attempt 1's span is made only when it fails,

@@ -174,32 +174,33 @@ func (s *Span) StartProcess(ctx context.Context, msg *message.Message, attempt, 
 	return s.start(parentContext(ctx, msg), first, at, msg.UUID, attempt, tier)
 }
 
-// SampledParent reports whether the attempt on msg, delivered with context
-// ctx, belongs to a trace that is being recorded: the span in ctx, or else
-// the trace context in msg's metadata, is sampled. It allocates nothing
-// and runs on the happy path of every message, so the metadata's
-// traceparent is not parsed: only its sampled flag is read (a malformed
-// value counts as not sampled; StartProcess parses it for real).
-func SampledParent(ctx context.Context, msg *message.Message) bool {
+// Parent reports whether the attempt on msg, delivered with context ctx,
+// has a parent span (ok) and whether the parent's trace is being recorded
+// (sampled): the span in ctx, or else the trace context in msg's metadata.
+// It allocates nothing and runs on the happy path of every message, so the
+// metadata's traceparent is not parsed: only its shape and sampled flag
+// are read (a malformed value counts as no parent; StartProcess parses it
+// for real).
+func Parent(ctx context.Context, msg *message.Message) (sampled, ok bool) {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		return sc.IsSampled()
+		return sc.IsSampled(), true
 	}
 	return sampledFlag(msg.Metadata["traceparent"])
 }
 
 // sampledFlag reads the sampled bit of a W3C traceparent,
 // "vv-<32 hex trace ID>-<16 hex parent ID>-ff": the low bit of the flags
-// ff.
-func sampledFlag(v string) bool {
+// ff. ok is false when v does not have that shape.
+func sampledFlag(v string) (sampled, ok bool) {
 	const flagsAt = 2 + 1 + 32 + 1 + 16 + 1
 	if len(v) < flagsAt+2 || v[2] != '-' || v[35] != '-' || v[52] != '-' {
-		return false
+		return false, false
 	}
 	switch v[flagsAt+1] {
 	case '1', '3', '5', '7', '9', 'b', 'd', 'f':
-		return true
+		return true, true
 	}
-	return false
+	return false, true
 }
 
 // parentContext returns msg's context with the parent of its attempt's

@@ -12,10 +12,10 @@ import (
 	"github.com/retry-kafka/retry-kafka/internal/instrument"
 )
 
-// SampledParent reads the sampled flag of a traceparent without parsing
-// it; it must agree with OpenTelemetry's parser on every value the parser
-// accepts.
-func TestSampledParent_agreesWithThePropagator(t *testing.T) {
+// Parent reads the sampled flag of a traceparent without parsing it; it
+// must agree with OpenTelemetry's parser on every value the parser
+// accepts, and find a parent in each of them.
+func TestParent_agreesWithThePropagator(t *testing.T) {
 	for _, v := range []string{
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
@@ -29,9 +29,10 @@ func TestSampledParent_agreesWithThePropagator(t *testing.T) {
 			msg.Metadata.Set("traceparent", v)
 		}
 		parsed := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier(msg.Metadata)))
-		got := instrument.SampledParent(context.Background(), msg)
+		got, ok := instrument.Parent(context.Background(), msg)
 		if parsed.IsValid() {
 			require.Equal(t, parsed.IsSampled(), got, "traceparent %q", v)
+			require.True(t, ok, "traceparent %q", v)
 		} else {
 			require.False(t, got, "traceparent %q", v)
 		}
@@ -39,9 +40,15 @@ func TestSampledParent_agreesWithThePropagator(t *testing.T) {
 }
 
 // A span in the context decides, whatever the metadata says.
-func TestSampledParent_spanInContextFirst(t *testing.T) {
+func TestParent_spanInContextFirst(t *testing.T) {
 	msg := message.NewMessage("m1", nil)
 	msg.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 	unsampled := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}})
-	require.False(t, instrument.SampledParent(trace.ContextWithSpanContext(context.Background(), unsampled), msg))
+	sampled, ok := instrument.Parent(trace.ContextWithSpanContext(context.Background(), unsampled), msg)
+	require.False(t, sampled)
+	require.True(t, ok)
+
+	sampled, ok = instrument.Parent(context.Background(), message.NewMessage("m2", nil))
+	require.False(t, sampled)
+	require.False(t, ok, "no span and no traceparent: no parent")
 }
