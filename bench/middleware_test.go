@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -142,6 +143,28 @@ func BenchmarkMiddleware(b *testing.B) {
 		}
 		b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N*calls), "ns/call")
 		b.ReportMetric(allocs, "allocs/call")
+	})
+	// The same on a new goroutine per call, and a tier attempt that
+	// succeeds: both paths are deep enough to outgrow the goroutine's
+	// starting stack, which the middleware grows where it is shallow.
+	b.Run("goroutine-fail", func(b *testing.B) {
+		onGoroutine(b, func(m *message.Message) { _, _ = failing(m) }, msg)
+	})
+	tierMW, err := newRetry(nil, nil).TierMiddleware(1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tierOK := tierMW(h)
+	onTier := message.NewMessage(watermill.NewUUID(), make([]byte, payloadSize))
+	onTier.SetContext(ctx)
+	now := time.Now()
+	tiered.Info{Attempt: 1, Tier: 1, OriginalTopic: "orders", Handler: "billing", FirstFailure: now, LastFailure: now, LastError: "boom"}.Write(onTier.Metadata)
+	onTier.Metadata.Set(tiered.KeyDueAt, strconv.FormatInt(now.UnixMilli(), 10))
+	if _, err := tierOK(onTier); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("goroutine-tier", func(b *testing.B) {
+		onGoroutine(b, func(m *message.Message) { _, _ = tierOK(m) }, onTier)
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/retry-kafka/retry-kafka/internal/instrument"
+	"github.com/retry-kafka/retry-kafka/internal/stack"
 	"github.com/retry-kafka/retry-kafka/tiered"
 )
 
@@ -326,6 +327,10 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			main.success()
 			return produced, nil
 		}
+		// The failure path (the copy, its publish) is deep: grow the
+		// stack for it here, where few frames are on it to copy, if h
+		// did not grow it already.
+		_ = stack.Reserve2K(0)
 		return r.failed(h, msg, delivered, main, nil, err)
 	}
 }
@@ -463,6 +468,13 @@ func (r *Retry) RetiredTierMiddleware(topic string, delay time.Duration) (messag
 func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
+			if from.process == nil {
+				// handleTier's checks are deep enough to outgrow the
+				// goroutine's starting stack: grow it here, where few
+				// frames are on it to copy (a traced attempt grows it
+				// further, once, before its span starts).
+				_ = stack.Reserve2K(0)
+			}
 			return r.handleTier(h, msg, from)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/retry-kafka/retry-kafka/internal/stack"
 )
 
 // TracerName is the instrumentation scope of retry-kafka's spans.
@@ -132,7 +134,10 @@ func (t *Tracer) span(topic, operation string, opType attribute.KeyValue, kind t
 // their frames are not on the stack while the SDK starts the span (deep
 // already): the router starts a goroutine per message, with a small stack
 // that is copied into a larger one whenever it runs out. Its callers grow
-// it once (growStack) before anything else, parentContext included.
+// it once (stack.Reserve8K) before anything else, parentContext
+// included: without that, a sampled message's stack grew two or three
+// times inside the SDK (about 4 µs of the 14 µs a sampled message cost on
+// its own goroutine, bench/middleware_test.go).
 func (s *Span) start(ctx context.Context, link trace.SpanContext, at time.Time, id string, attempt, tier int) (context.Context, trace.Span) {
 	ctx, span := s.startSDK(ctx, link, at)
 	if span.IsRecording() {
@@ -170,7 +175,7 @@ func (s *Span) setAttributes(span trace.Span, id string, attempt, tier int) {
 func (s *Span) StartProcess(ctx context.Context, msg *message.Message, attempt, tier int, first trace.SpanContext, at time.Time) (context.Context, trace.Span) {
 	// Before parentContext, whose lookups alone used to overflow the
 	// stack the router's goroutine starts with: then it grew twice.
-	_ = growStack(0)
+	_ = stack.Reserve8K(0)
 	return s.start(parentContext(ctx, msg), first, at, msg.UUID, attempt, tier)
 }
 
@@ -225,7 +230,7 @@ func parentContext(ctx context.Context, msg *message.Message) context.Context {
 // out's metadata and context: the next hop's attempt, or the dead letter,
 // belongs to the same trace.
 func (s *Span) StartSend(out *message.Message, attempt, tier int) trace.Span {
-	_ = growStack(0)
+	_ = stack.Reserve8K(0)
 	ctx, span := s.start(out.Context(), trace.SpanContext{}, time.Time{}, out.UUID, attempt, tier)
 	propagator.Inject(ctx, Carrier(out.Metadata))
 	out.SetContext(trace.ContextWithSpan(out.Context(), span))
@@ -250,21 +255,4 @@ func Fail(span trace.Span, err error) {
 		text = text[:cut]
 	}
 	span.SetStatus(codes.Error, text)
-}
-
-// growStack grows the goroutine's stack, if it is smaller, to what the
-// SDK's span start and end need, in one step and while the stack is still
-// shallow. The router runs each message on a new goroutine whose stack
-// starts at the average size of its goroutines' stacks, small when most
-// messages make no span: without this, a sampled message's stack grew two
-// or three times inside the SDK, each time copied with every frame on it
-// (about 4 µs of the 14 µs a sampled message cost on its own goroutine,
-// bench/middleware_test.go). The frame is 8 KiB (a 16 KiB stack): less
-// still grew inside the SDK, more cost more to clear than it saved.
-//
-//go:noinline
-func growStack(i int) byte {
-	var buf [8 << 10]byte
-	buf[i%len(buf)] = byte(i)
-	return buf[(i*7+3)%len(buf)] // another element: the compiler keeps buf
 }
