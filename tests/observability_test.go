@@ -136,9 +136,12 @@ func TestMetrics_heldMessages(t *testing.T) {
 		}
 		// A partitioned broker hands the tier consumer one message per
 		// partition (or stream) at a time, so it holds at least one and at
-		// most the two.
-		r.waitUntil("a message held in the 1h tier", func([]call, []deadLetter) bool {
-			return instrumenttest.Gather(t, r.metrics).Value("retry_kafka_held_messages", "handler_name", "billing", "tier", "1") >= 1
+		// most the two. The second may still be on its way to the tier
+		// when the first is held: wait for both copies too.
+		r.waitUntil("both sent to the 1h tier, and a message held there", func([]call, []deadLetter) bool {
+			m := instrumenttest.Gather(t, r.metrics)
+			return m.Value("retry_kafka_tier_messages_total", "tier", "1") >= 2 &&
+				m.Value("retry_kafka_held_messages", "handler_name", "billing", "tier", "1") >= 1
 		})
 		m := instrumenttest.Gather(t, r.metrics)
 		require.LessOrEqual(t, m.Value("retry_kafka_held_messages", "tier", "1"), 2.0)
