@@ -77,9 +77,10 @@ type Config struct {
 	// same trace. The first attempt's span starts before the handler runs
 	// when the message's trace is sampled; otherwise only if the handler
 	// fails, back-dated to when it began, so that the happy path of an
-	// unrecorded trace costs no span (see the README, "Metrics and tracing",
-	// for the one span a sampler that ignores the parent sees not
-	// back-dated).
+	// unrecorded trace costs no span. (Under a sampler that ignores the
+	// parent, the first such span recorded for a message whose parent is
+	// not sampled starts at the failure; see the README, "Metrics and
+	// tracing".)
 	//
 	// Optional. Defaults to none: no spans; the trace context a message
 	// carries is copied to every hop as it is.
@@ -471,8 +472,9 @@ func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
 			if from.process == nil {
 				// handleTier's checks are deep enough to outgrow the
 				// goroutine's starting stack: grow it here, where few
-				// frames are on it to copy (a traced attempt grows it
-				// further, once, before its span starts).
+				// frames are on it to copy. A traced attempt is grown to
+				// 16 KiB by its span's start instead (the retry metadata
+				// read just before that can still grow it once first).
 				_ = stack.Reserve2K(0)
 			}
 			return r.handleTier(h, msg, from)

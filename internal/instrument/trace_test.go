@@ -35,6 +35,7 @@ func TestParent_agreesWithThePropagator(t *testing.T) {
 			require.True(t, ok, "traceparent %q", v)
 		} else {
 			require.False(t, got, "traceparent %q", v)
+			require.False(t, ok, "traceparent %q: malformed, no parent", v)
 		}
 	}
 }
