@@ -11,6 +11,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The Redis figures start a redis-server of their own unless REDIS_ADDR
+# names one: install it first if it is missing (as .ci/test does).
+if [[ -z ${REDIS_ADDR:-} && ,${BENCH_BACKENDS:-redis}, == *,redis,* ]]; then
+  source scripts/need-redis.sh
+  need_redis scripts/bench.sh >/dev/null || exit 1
+fi
+
 raw=${BENCH_OUT:-$(mktemp -t retry-kafka-bench.XXXXXX)}
 dirty=""
 git diff --quiet HEAD -- 2>/dev/null || dirty=" (plus uncommitted changes)"

@@ -37,6 +37,13 @@ case "$form" in
     ;;
 esac
 
+# The Redis drill starts and restarts a redis-server of its own: install it
+# first if it is missing (as .ci/test does).
+if [[ " $brokers " == *" redis "* ]]; then
+  source scripts/need-redis.sh
+  need_redis scripts/drill.sh >/dev/null || exit 1
+fi
+
 out=${DRILL_OUT:-$(mktemp -d -t retry-kafka-drill-out.XXXXXX)}
 mkdir -p "$out"
 bin="$out/drill"
