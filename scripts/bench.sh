@@ -12,10 +12,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # The Redis figures start a redis-server of their own unless REDIS_ADDR
-# names one: install it first if it is missing (as .ci/test does).
+# names one: install it first if it is missing (as .ci/test does). Without
+# it, the benchmarks that need no Redis (BENCH=Middleware) still run.
 if [[ -z ${REDIS_ADDR:-} && ,${BENCH_BACKENDS:-redis}, == *,redis,* ]]; then
   source scripts/need-redis.sh
-  need_redis scripts/bench.sh >/dev/null || exit 1
+  need_redis scripts/bench.sh >/dev/null ||
+    echo "scripts/bench.sh: going on without redis-server: the Redis figures will fail" >&2
 fi
 
 raw=${BENCH_OUT:-$(mktemp -t retry-kafka-bench.XXXXXX)}
