@@ -150,6 +150,10 @@ func BenchmarkMiddleware(b *testing.B) {
 	b.Run("goroutine-fail", func(b *testing.B) {
 		onGoroutine(b, func(m *message.Message) { _, _ = failing(m) }, msg)
 	})
+	tracedFailing := newRetry(prometheus.NewRegistry(), newTracing(b)).Middleware(func(*message.Message) ([]*message.Message, error) { return nil, errFail })
+	b.Run("goroutine-fail+metrics+traced-unsampled", func(b *testing.B) {
+		onGoroutine(b, func(m *message.Message) { _, _ = tracedFailing(m); m.SetContext(ctx) }, msg)
+	})
 	tierMW, err := newRetry(nil, nil).TierMiddleware(1)
 	if err != nil {
 		b.Fatal(err)
@@ -166,6 +170,21 @@ func BenchmarkMiddleware(b *testing.B) {
 	b.Run("goroutine-tier", func(b *testing.B) {
 		onGoroutine(b, func(m *message.Message) { _, _ = tierOK(m) }, onTier)
 	})
+	// A tier attempt with tracing on has its span whether or not its
+	// trace is sampled (the span links it to the first delivery).
+	tracedTierMW, err := newRetry(prometheus.NewRegistry(), newTracing(b)).TierMiddleware(1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tracedTierOK := tracedTierMW(h)
+	for _, row := range []struct{ name, flags string }{{"unsampled", "00"}, {"sampled", "01"}} {
+		m := onTier.Copy()
+		m.SetContext(ctx)
+		m.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-"+row.flags)
+		b.Run("goroutine-tier+metrics+traced-"+row.name, func(b *testing.B) {
+			onGoroutine(b, func(m *message.Message) { _, _ = tracedTierOK(m); m.SetContext(ctx) }, m)
+		})
+	}
 }
 
 // newTracing returns the OpenTelemetry SDK's tracer provider as an
