@@ -371,6 +371,7 @@ func (r *Retry) tracedMiddleware(h message.HandlerFunc, main *hop) message.Handl
 // handleMainSampled runs attempt 1 of a message in a recorded trace in
 // its span.
 func (r *Retry) handleMainSampled(h message.HandlerFunc, msg *message.Message, main *hop) ([]*message.Message, error) {
+	_ = stack.Reserve8K(0)
 	delivered, span := main.process.StartProcess(msg.Context(), msg, 1, 0, trace.SpanContext{}, time.Time{})
 	defer span.End()
 	msg.SetContext(delivered)
@@ -402,6 +403,7 @@ func (r *Retry) failedUntraced(h message.HandlerFunc, msg *message.Message, deli
 		// system clock since clockBase does not move the span.
 		start = time.Now().Add(began - time.Since(clockBase))
 	}
+	_ = stack.Reserve8K(0)
 	delivered, span := main.process.StartProcess(delivered, msg, 1, 0, trace.SpanContext{}, start)
 	defer span.End()
 	if began == unknownStart && span.IsRecording() {
@@ -469,13 +471,15 @@ func (r *Retry) RetiredTierMiddleware(topic string, delay time.Duration) (messag
 func (r *Retry) tierMiddleware(from *hop) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
+			// handleTier's checks are deep enough to outgrow the
+			// goroutine's starting stack: grow it here, where few
+			// frames are on it to copy, once, to what the attempt
+			// needs (with tracing on, what its span's start and end
+			// need, sampled or not: see instrument.Span.StartProcess).
 			if from.process == nil {
-				// handleTier's checks are deep enough to outgrow the
-				// goroutine's starting stack: grow it here, where few
-				// frames are on it to copy. A traced attempt is grown to
-				// 16 KiB by its span's start instead (the retry metadata
-				// read just before that can still grow it once first).
 				_ = stack.Reserve2K(0)
+			} else {
+				_ = stack.Reserve8K(0)
 			}
 			return r.handleTier(h, msg, from)
 		}

@@ -172,10 +172,13 @@ func (s *Span) setAttributes(span trace.Span, id string, attempt, tier int) {
 // (the producer's, or the send span of the hop before), linked to first
 // (the first delivery's span) when it is valid. It starts at at, or now
 // when at is zero.
+//
+// Its caller grows the goroutine's stack first (stack.Reserve8K), where
+// it is shallow and before the attempt reads anything: parentContext's
+// lookups alone overflow the stack the router's goroutine starts with,
+// and so does reading the retry metadata of a tier attempt, so that
+// growing it here instead copied it twice.
 func (s *Span) StartProcess(ctx context.Context, msg *message.Message, attempt, tier int, first trace.SpanContext, at time.Time) (context.Context, trace.Span) {
-	// Before parentContext, whose lookups alone used to overflow the
-	// stack the router's goroutine starts with: then it grew twice.
-	_ = stack.Reserve8K(0)
 	return s.start(parentContext(ctx, msg), first, at, msg.UUID, attempt, tier)
 }
 
