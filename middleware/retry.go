@@ -559,8 +559,7 @@ func (r *Retry) failed(h message.HandlerFunc, msg *message.Message, delivered co
 	if from.process != nil {
 		instrument.Fail(trace.SpanFromContext(delivered), err)
 	}
-	var panicked wmiddleware.RecoveredPanicError
-	if errors.As(err, &panicked) {
+	if _, panicked := errors.AsType[wmiddleware.RecoveredPanicError](err); panicked {
 		r.logger.Error("Handler panicked", err, watermill.LogFields{"topic": from.topic, "message_uuid": msg.UUID})
 	}
 	if tier == nil && r.policy.Quick.Attempts > 0 {

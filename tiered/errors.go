@@ -49,10 +49,9 @@ func Permanent(err error) error {
 // IsPermanent reports whether err, or any error it wraps, was marked with
 // [Permanent] or with backoff.Permanent from github.com/cenkalti/backoff/v4.
 func IsPermanent(err error) bool {
-	var p *permanentError
-	if errors.As(err, &p) {
+	if _, ok := errors.AsType[*permanentError](err); ok {
 		return true
 	}
-	var bp *backoff.PermanentError
-	return errors.As(err, &bp)
+	_, ok := errors.AsType[*backoff.PermanentError](err)
+	return ok
 }
