@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,9 @@ type Retry struct {
 type target struct {
 	topic string
 	tier  int
+	// delayFor is a tier's delay as Watermill's delay.DelayedForKey
+	// writes it ("10s"); empty for the dead-letter topic.
+	delayFor string
 	// sent counts the copies published to a tier; failures the failed
 	// tries; send makes their spans. Each is nil when off.
 	sent     prometheus.Counter
@@ -233,6 +237,9 @@ func NewRetry(config Config, logger watermill.LoggerAdapter) (*Retry, error) {
 // with its instruments.
 func (r *Retry) newTarget(topic string, tier int) *target {
 	t := &target{topic: topic, tier: tier}
+	if tier > 0 {
+		t.delayFor = r.topics.Delays[tier-1].String()
+	}
 	if r.metrics != nil {
 		destination := instrument.DestinationDLQ
 		if tier > 0 {
@@ -644,7 +651,11 @@ func gaveUp(delivered context.Context, msg *message.Message) bool {
 // On the first hop, from the handler's own topic, whatever origin the
 // metadata claims is replaced by the one the backend recorded.
 func (r *Retry) copyForHop(msg *message.Message, delivered context.Context, from *hop, info tiered.Info) *message.Message {
-	out := msg.Copy()
+	// Not msg.Copy(): its metadata map starts empty and grows while it is
+	// filled, then again while the retry keys are added.
+	out := message.NewMessage(msg.UUID, msg.Payload)
+	out.Metadata = make(message.Metadata, len(msg.Metadata)+hopKeys)
+	maps.Copy(out.Metadata, msg.Metadata)
 	out.SetContext(context.WithoutCancel(delivered))
 	tiered.ClearInfo(out.Metadata)
 	if from.tier == 0 {
@@ -666,12 +677,18 @@ func (r *Retry) copyForHop(msg *message.Message, delivered context.Context, from
 	return out
 }
 
+// hopKeys is about how many keys copyForHop and toTier add to a copy's
+// metadata (the retry keys of tiered.Info, the first span, the origin and
+// Watermill's delay), a size hint for its map.
+const hopKeys = 12
+
 func (r *Retry) toTier(msg *message.Message, delivered context.Context, from *hop, info tiered.Info, tier int, cause error) error {
 	info.Tier = tier
 	out := r.copyForHop(msg, delivered, from, info)
-	d := r.topics.Delays[tier-1]
-	delay.Message(out, delay.For(d))
 	to := r.tiers[tier-1]
+	// What delay.Message(out, delay.For(d)) writes, less its due time:
+	// the publisher (tiered.Publisher) stamps that, and KeyDueAt, itself.
+	out.Metadata.Set(delay.DelayedForKey, to.delayFor)
 	stubbed, err := r.publish(msg, delivered, from, to, out, info.Attempt)
 	if err != nil {
 		return errors.Join(cause, err)

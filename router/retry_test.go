@@ -574,6 +574,7 @@ func TestRetry_forgedMainTopicMetadataIgnored(t *testing.T) {
 				require.Equal(t, ms(e.start.Add(10*time.Second)), md.Get(tiered.KeyDueAt))
 				require.Equal(t, "boom", md.Get(tiered.KeyLastError))
 				require.Equal(t, "10s", md.Get(delay.DelayedForKey))
+				require.Equal(t, e.start.Add(10*time.Second).UTC().Format(time.RFC3339), md.Get(delay.DelayedUntilKey), "Watermill's delay keys, both")
 				require.Empty(t, md.Get("reason_poisoned"))
 				require.Empty(t, md.Get("topic_poisoned"))
 				require.Equal(t, "acme", md.Get("tenant"))
