@@ -24,7 +24,7 @@ import (
 // call is one handler invocation.
 type call struct {
 	uuid, topic, payload string
-	at                   time.Time
+	at                   time.Time // wall clock, like due times
 	due                  time.Time
 }
 
@@ -62,7 +62,7 @@ func newHarness(t *testing.T, backend tiered.Backend, topic, name string, policy
 		h.mu.Lock()
 		attempts[msg.UUID]++
 		n := attempts[msg.UUID]
-		h.calls = append(h.calls, call{uuid: msg.UUID, topic: message.SubscribeTopicFromCtx(msg.Context()), payload: string(msg.Payload), at: time.Now(), due: due})
+		h.calls = append(h.calls, call{uuid: msg.UUID, topic: message.SubscribeTopicFromCtx(msg.Context()), payload: string(msg.Payload), at: time.Now().Round(0), due: due})
 		h.mu.Unlock()
 		return fn(msg, n)
 	})

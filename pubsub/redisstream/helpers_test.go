@@ -138,7 +138,8 @@ func runRouter(t *testing.T, b tiered.Backend, policy tiered.Policy, name, topic
 type call struct {
 	topic string
 	uuid  string
-	at    time.Time
+	at    time.Time // wall clock, like due times
+	due   time.Time // the due time the message carried (zero on main)
 }
 
 // recorder records the runs of a handler.
@@ -150,7 +151,12 @@ type recorder struct {
 func (r *recorder) record(msg *message.Message) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.calls = append(r.calls, call{topic: message.SubscribeTopicFromCtx(msg.Context()), uuid: msg.UUID, at: time.Now()})
+	// Due times are wall-clock instants, possibly stamped by another
+	// process: "never early" is a statement about the wall clock, so the
+	// recorder reads it too (a monotonic reading drifts from it when the
+	// wall clock is stepped).
+	due, _, _ := tiered.DueAt(msg.Metadata)
+	r.calls = append(r.calls, call{topic: message.SubscribeTopicFromCtx(msg.Context()), uuid: msg.UUID, at: time.Now().Round(0), due: due})
 	return len(r.calls)
 }
 
