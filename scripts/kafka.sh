@@ -20,7 +20,7 @@
 #              answers, it is REUSED: the list is printed again and nothing is
 #              restarted (topics and data are kept). `restart` gives a fresh,
 #              empty one.
-#   stop       TERM every node (KILL after 20 s) and delete the data.
+#   stop       TERM every node at once (KILL after 20 s) and delete the data.
 #              Idempotent: exits 0 when nothing runs.
 #   restart    stop, then start (always empty).
 #   status     Print the bootstrap list and exit 0 if every node runs and
@@ -276,18 +276,28 @@ show_logs() {
   done
 }
 
-# TERM, then KILL after 20 s.
+# kill_broker PID...: TERM them all at once, then KILL whichever still runs
+# after 20 s. All at once, because a node of a cluster stopped alone after
+# the others shuts down waiting for a controller quorum that is gone, and
+# so ignored TERM for the whole 20 s at every multi-node stop.
 kill_broker() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
+  local pid i live
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
   for ((i = 0; i < 200; i++)); do # 20 s
-    alive "$pid" || return 0
+    live=0
+    for pid in "$@"; do alive "$pid" && live=1; done
+    ((live)) || return 0
     sleep 0.1
   done
-  log "broker pid $pid ignored TERM for 20 s, sending KILL"
-  kill -KILL "$pid" 2>/dev/null || true
+  for pid in "$@"; do
+    alive "$pid" || continue
+    log "broker pid $pid ignored TERM for 20 s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for ((i = 0; i < 50; i++)); do
-    alive "$pid" || return 0
+    live=0
+    for pid in "$@"; do alive "$pid" && live=1; done
+    ((live)) || return 0
     sleep 0.1
   done
 }
@@ -342,10 +352,14 @@ wait_ready() {
 }
 
 abort_launch() {
-  local spec dir pid
+  local spec dir pid pids=()
   for spec in "$@"; do
-    read -r dir pid _ <<<"$spec"
-    kill_broker "$pid"
+    read -r _ pid _ <<<"$spec"
+    pids+=("$pid")
+  done
+  kill_broker "${pids[@]}"
+  for spec in "$@"; do
+    read -r dir _ _ <<<"$spec"
     rm -f "$dir/broker.pid"
   done
 }
@@ -359,15 +373,18 @@ bootstrap_list() {
 }
 
 do_stop() {
-  local n i dir pid
+  local n i dir pid pids=()
   n=$(recorded_nodes)
   for ((i = 1; i <= n; i++)); do
-    dir=$(node_dir "$i" "$n")
-    pid=$(running_pid "$dir")
+    pid=$(running_pid "$(node_dir "$i" "$n")")
     if [[ -n $pid ]]; then
       log "stopping node $i (pid $pid)"
-      kill_broker "$pid"
+      pids+=("$pid")
     fi
+  done
+  ((${#pids[@]} == 0)) || kill_broker "${pids[@]}"
+  for ((i = 1; i <= n; i++)); do
+    dir=$(node_dir "$i" "$n")
     rm -rf "$dir/data"
     rm -f "$dir/broker.pid" "$dir/port"
     if ((n > 1)); then rm -rf "$dir"; fi
