@@ -276,17 +276,22 @@ show_logs() {
   done
 }
 
+# any_alive PID...: true while one of them runs.
+any_alive() {
+  local pid
+  for pid in "$@"; do alive "$pid" && return 0; done
+  return 1
+}
+
 # kill_broker PID...: TERM them all at once, then KILL whichever still runs
 # after 20 s. All at once, because a node of a cluster stopped alone after
 # the others shuts down waiting for a controller quorum that is gone, and
 # so ignored TERM for the whole 20 s at every multi-node stop.
 kill_broker() {
-  local pid i live
+  local pid i
   for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
   for ((i = 0; i < 200; i++)); do # 20 s
-    live=0
-    for pid in "$@"; do alive "$pid" && live=1; done
-    ((live)) || return 0
+    any_alive "$@" || return 0
     sleep 0.1
   done
   for pid in "$@"; do
@@ -295,9 +300,7 @@ kill_broker() {
     kill -KILL "$pid" 2>/dev/null || true
   done
   for ((i = 0; i < 50; i++)); do
-    live=0
-    for pid in "$@"; do alive "$pid" && live=1; done
-    ((live)) || return 0
+    any_alive "$@" || return 0
     sleep 0.1
   done
 }
